@@ -1,0 +1,1 @@
+"""Model configuration, pure layer functions and the forward pass."""

@@ -1,0 +1,237 @@
+"""The one forward pass: embeddings → scanned blocks → final norm → unembedding.
+
+Variants are arguments, not copies:
+  * `cache`: keys/values of an earlier chunk (a shared prefix), reused without recomputation;
+  * `taps`: names of activations to record per layer (TransformerLens names), either at every
+    position or only at one probe position per row (`tap_at`), returned as [layers, ...] arrays;
+  * `block_input_transform(x, layer)`: applied to every block's residual input, e.g.
+    `lambda x, layer: jax.lax.stop_gradient(x)` for layer-causal finetuning;
+  * `logits_at`: compute the unembedding only where it is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxicl.models import layers
+from jaxicl.models.config import ModelConfig
+
+Array = jax.Array
+BlockInputTransform = Callable[[Array, Array], Array]
+
+TAP_NAMES = (
+    "resid_pre",  # block input [d], before any block_input_transform
+    "q",  # queries after QK-norm and RoPE [H, hd]
+    "k",  # keys after QK-norm and RoPE [KV, hd]
+    "v",  # values [KV, hd]
+    "attn_scores",  # scaled pre-softmax, pre-mask logits [H, S] over every key (cache first)
+    "attn_out",  # attention output after the output projection, before any post-norm/residual
+    "resid_mid",  # residual stream after the attention residual add
+    "mlp_out",  # MLP output before any post-norm/residual
+    "resid_post",  # block output
+)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys/values of already-processed tokens. k, v: [L, B, S, KV, hd]; positions, valid: [B, S].
+
+    A batch dimension of 1 broadcasts over any query batch (one shared prefix for many queries).
+    """
+
+    k: Array
+    v: Array
+    positions: Array
+    valid: Array
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+@flax.struct.dataclass
+class ForwardOutput:
+    logits: Array | None  # [B, P, V] at logits_at (or [B, T, V] for every position)
+    cache: KVCache  # keys/values of the cache plus this chunk
+    taps: dict  # name -> [L, B, ...] (probe position) or [L, B, T, ...] (every position)
+
+
+def _broadcast_batch(x: Array, batch: int) -> Array:
+    return jnp.broadcast_to(x, (batch,) + x.shape[1:]) if x.shape[0] != batch else x
+
+
+def _take_rows(x: Array, index: Array | None) -> Array:
+    """x: [B, T, ...] -> [B, ...] at per-row position index [B]; all positions if index is None."""
+    if index is None:
+        return x
+    return jnp.take_along_axis(x, index.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+
+
+def default_positions(batch: int, length: int, cache: KVCache | None) -> Array:
+    """Positions continue after the last valid cached position (0-based without a cache)."""
+    start = jnp.zeros((batch,), jnp.int32)
+    if cache is not None:
+        last = jnp.max(jnp.where(cache.valid, cache.positions, -1), axis=1)
+        start = _broadcast_batch(last + 1, batch)
+    return start[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]
+
+
+def embed(params: dict, config: ModelConfig, ids: Array, positions: Array) -> Array:
+    x = params["embed"][ids] * jnp.asarray(config.embed_scale, params["embed"].dtype)
+    if config.position_kind == "learned":
+        x = x + params["pos_embed"][positions]
+    elif config.position_kind == "sinusoidal":
+        x = x + layers.sinusoidal_positions(positions + config.position_offset, config.d_model).astype(x.dtype)
+    return x
+
+
+def unembed(params: dict, config: ModelConfig, x: Array) -> Array:
+    """Final norm + unembedding (the readout U of the paper), with the family's soft-cap."""
+    h = layers.norm(x, params["final_norm"], config)
+    if config.tie_embeddings:
+        logits = jnp.einsum("...d,vd->...v", h, params["embed"])
+    else:
+        logits = h @ params["unembed"]
+    logits = logits.astype(jnp.float32)
+    if config.final_logit_softcap:
+        logits = jnp.tanh(logits / config.final_logit_softcap) * config.final_logit_softcap
+    return logits
+
+
+def _block(
+    config: ModelConfig,
+    p: dict,
+    x: Array,
+    *,
+    cos_sin: tuple[Array, Array] | None,
+    mask: Array,
+    cache_kv: tuple[Array, Array] | None,
+    taps: Sequence[str],
+    tap_at: Array | None,
+) -> tuple[Array, tuple[Array, Array], dict]:
+    """One transformer block; returns the new residual, this chunk's (k, v) and the records."""
+    b, t, _ = x.shape
+    rec = {}
+    h = layers.norm(x, p["attn_norm"], config)
+    q = layers.linear(h, p["q"]).reshape(b, t, config.n_heads, config.head_dim)
+    k = layers.linear(h, p["k"]).reshape(b, t, config.n_kv_heads, config.head_dim)
+    v = layers.linear(h, p["v"]).reshape(b, t, config.n_kv_heads, config.head_dim)
+    if config.qk_norm:
+        q = layers.rms_norm(q, p["q_norm"]["scale"], config.norm_eps, config.norm_plus_one)
+        k = layers.rms_norm(k, p["k_norm"]["scale"], config.norm_eps, config.norm_plus_one)
+    if cos_sin is not None:
+        q = layers.apply_rope(q, *cos_sin)
+        k = layers.apply_rope(k, *cos_sin)
+    k_all, v_all = k, v
+    if cache_kv is not None:
+        k_all = jnp.concatenate([_broadcast_batch(cache_kv[0], b), k], axis=1)
+        v_all = jnp.concatenate([_broadcast_batch(cache_kv[1], b), v], axis=1)
+    heads, scores = layers.attention(q, k_all, v_all, mask, config)
+    attn_out = layers.linear(heads.reshape(b, t, -1), p["o"])
+    rec.update(q=q, k=k, v=v, attn_out=attn_out)
+    if "attn_scores" in taps:
+        rec["attn_scores"] = jnp.moveaxis(scores, 1, 2)  # [B, T, H, S]
+    if config.post_norms:
+        attn_out = layers.norm(attn_out, p["post_attn_norm"], config)
+    x = x + attn_out
+    rec["resid_mid"] = x
+    mlp_out = layers.mlp(layers.norm(x, p["mlp_norm"], config), p, config)
+    rec["mlp_out"] = mlp_out
+    if config.post_norms:
+        mlp_out = layers.norm(mlp_out, p["post_mlp_norm"], config)
+    x = x + mlp_out
+    rec["resid_post"] = x
+    return x, (k, v), {name: _take_rows(rec[name], tap_at) for name in taps if name != "resid_pre"}
+
+
+def forward(
+    params: dict,
+    config: ModelConfig,
+    ids: Array,
+    *,
+    positions: Array | None = None,
+    valid: Array | None = None,
+    cache: KVCache | None = None,
+    logits_at: Array | str | None = "all",
+    taps: Sequence[str] = (),
+    tap_at: Array | None = None,
+    block_input_transform: BlockInputTransform | None = None,
+) -> ForwardOutput:
+    """Run the model on token ids [B, T].
+
+    positions: [B, T] absolute positions (default: continue after the cache).
+    valid: [B, T] False on padding (padding keys are never attended to).
+    logits_at: "all" for every position, None for no logits, or int [B, P] positions per row.
+    taps: names from TAP_NAMES; tap_at: int [B] probe position per row, or None for all positions.
+    """
+    unknown = set(taps) - set(TAP_NAMES)
+    if unknown:
+        raise ValueError(f"unknown taps {sorted(unknown)}; known: {TAP_NAMES}")
+    b, t = ids.shape
+    if positions is None:
+        positions = default_positions(b, t, cache)
+    if valid is None:
+        valid = jnp.ones((b, t), bool)
+    key_pos, key_valid = positions, valid
+    if cache is not None:
+        key_pos = jnp.concatenate([_broadcast_batch(cache.positions, b), positions], axis=1)
+        key_valid = jnp.concatenate([_broadcast_batch(cache.valid, b), valid], axis=1)
+
+    causal = key_valid[:, None, :] & (key_pos[:, None, :] <= positions[:, :, None])
+    local_mask = causal
+    if config.sliding_window:
+        local_mask = causal & (positions[:, :, None] - key_pos[:, None, :] < config.sliding_window)
+
+    rope = None
+    if config.position_kind == "rope":
+        global_cs = layers.rope_angles(positions, config.head_dim, config.rope_base, config.rope_scaling_factor)
+        local_cs = layers.rope_angles(positions, config.head_dim, config.rope_local_base)
+        rope = (global_cs, local_cs)
+
+    x = embed(params, config, ids, positions)
+    is_local = jnp.asarray(config.local_layers)
+    layer_index = jnp.arange(config.n_layers, dtype=jnp.int32)
+    cache_kv = (cache.k, cache.v) if cache is not None else None
+
+    def step(x, xs):
+        p, local, layer, kv = xs
+        rec = {}
+        if "resid_pre" in taps:
+            rec["resid_pre"] = _take_rows(x, tap_at)
+        if block_input_transform is not None:
+            x = block_input_transform(x, layer)
+        cos_sin = None
+        if rope is not None:
+            (gc, gs), (lc, ls) = rope
+            cos_sin = (jnp.where(local, lc, gc), jnp.where(local, ls, gs))
+        mask = jnp.where(local, local_mask, causal)
+        x, new_kv, block_rec = _block(
+            config, p, x, cos_sin=cos_sin, mask=mask, cache_kv=kv, taps=taps, tap_at=tap_at
+        )
+        rec.update(block_rec)
+        return x, (new_kv, rec)
+
+    x, ((k_new, v_new), recs) = jax.lax.scan(step, x, (params["blocks"], is_local, layer_index, cache_kv))
+
+    if cache is not None:
+        new_cache = KVCache(
+            k=jnp.concatenate([jnp.broadcast_to(cache.k, cache.k.shape[:1] + (b,) + cache.k.shape[2:]), k_new], axis=2),
+            v=jnp.concatenate([jnp.broadcast_to(cache.v, cache.v.shape[:1] + (b,) + cache.v.shape[2:]), v_new], axis=2),
+            positions=key_pos,
+            valid=key_valid,
+        )
+    else:
+        new_cache = KVCache(k=k_new, v=v_new, positions=positions, valid=valid)
+
+    logits = None
+    if isinstance(logits_at, str):
+        if logits_at != "all":
+            raise ValueError(f"logits_at must be 'all', None or an index array, got {logits_at!r}")
+        logits = unembed(params, config, x)
+    elif logits_at is not None:
+        logits = unembed(params, config, jnp.take_along_axis(x, logits_at[..., None], axis=1))
+    return ForwardOutput(logits=logits, cache=new_cache, taps=recs)
