@@ -1,0 +1,51 @@
+"""Tasks, data loading, the paper's selection of demonstrations/eval examples, and prompt ids."""
+
+from jaxicl.data.prompts import (
+    EOS_SEPARATOR,
+    PromptFormat,
+    PromptSet,
+    TokenizerLike,
+    build_prompts,
+    build_prompts_from_rows,
+    candidate_ids,
+    fit_count,
+    separator_ids,
+)
+from jaxicl.data.tasks import (
+    DATA_DIR_ENV,
+    TASKS,
+    Task,
+    demo_permutation,
+    fill_template,
+    get_task,
+    hf_shuffle_indices,
+    load_split,
+    load_task_spec,
+    select_demos,
+    select_eval,
+    task_from_spec,
+)
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "EOS_SEPARATOR",
+    "TASKS",
+    "PromptFormat",
+    "PromptSet",
+    "Task",
+    "TokenizerLike",
+    "build_prompts",
+    "build_prompts_from_rows",
+    "candidate_ids",
+    "demo_permutation",
+    "fill_template",
+    "fit_count",
+    "get_task",
+    "hf_shuffle_indices",
+    "load_split",
+    "load_task_spec",
+    "select_demos",
+    "select_eval",
+    "separator_ids",
+    "task_from_spec",
+]

@@ -1,0 +1,206 @@
+"""Zero-shot and in-context scoring of eval queries, with per-layer records at the probe token.
+
+The demonstration prefix is run once; its KV cache (batch 1) is shared by every query batch.
+Queries are padded into a few length buckets and scored in fixed-size batches under one jitted
+function, so a run compiles a handful of shapes. Records keep only the probe position and move to
+host memory batch by batch, so memory does not grow with the prefix beyond its cache.
+
+Scoring: the summed log-probability of each class's candidate tokens after the query. When every
+label word is a single token, one row per query scores all classes at once (the authors' option-0
+trick); otherwise each class gets its own row. Records always come from the option-0 row.
+
+Probe ("label", the authors' choice): the first token of candidate 0 appended to the query.
+Probe "last": the query's last token. The attention map kept is the probe's scaled pre-softmax
+logits over the query's own tokens up to and including the probe (no BOS, no demonstrations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxicl.api import bucket, check_ids
+from jaxicl.models.config import ModelConfig
+from jaxicl.models.transformer import KVCache, forward
+
+Ids = Sequence[int]
+RECORD_TAPS = ("attn_out", "attn_scores", "resid_post")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    batch_size: int = 16
+    probe: Literal["label", "last"] = "label"
+    records: tuple[str, ...] = RECORD_TAPS  # any of transformer.TAP_NAMES; () for scores only
+    length_multiple: int = 32  # query rows are padded up to a multiple of this
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    scores: np.ndarray  # [n, C] summed log-prob of each class's candidate tokens
+    predictions: np.ndarray  # [n] argmax of scores
+    records: dict  # name -> [n, L, ...]; attn_scores -> [n, L, H, max_query_len] zero-padded right
+    map_lengths: np.ndarray  # [n] valid length of each attention map (query tokens incl. probe)
+    prefix_len: int
+
+    def accuracy(self, gold: Sequence[int]) -> float:
+        return float(np.mean(self.predictions == np.asarray(gold)))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def prefix_cache(params: dict, config: ModelConfig, ids: jax.Array, valid: jax.Array) -> KVCache:
+    """KV cache of a (padded) prefix [1, S]; padding is marked invalid and never attended to."""
+    return forward(params, config, ids, valid=valid, logits_at=None).cache
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def score_rows(
+    params: dict,
+    config: ModelConfig,
+    taps: tuple[str, ...],
+    cache: KVCache | None,
+    ids: jax.Array,  # [B, T]
+    valid: jax.Array,  # [B, T]
+    probe: jax.Array,  # [B] probe position in the row
+    score_pos: jax.Array,  # [B, P] positions whose next-token log-probs are scored
+    score_tok: jax.Array,  # [B, P, C'] target tokens at those positions
+    score_mask: jax.Array,  # [B, P] which positions count
+) -> tuple[jax.Array, dict]:
+    """Summed log-probs [B, C'] of the targets, and the records at the probe."""
+    out = forward(params, config, ids, valid=valid, cache=cache, logits_at=score_pos, taps=taps, tap_at=probe)
+    logp = jax.nn.log_softmax(out.logits, axis=-1)  # [B, P, V]
+    picked = jnp.take_along_axis(logp, score_tok, axis=-1)  # [B, P, C']
+    scores = jnp.sum(picked * score_mask[..., None], axis=1)
+    records = dict(out.taps)
+    if "attn_scores" in records:  # keep only keys of this chunk (the query), not the prefix
+        start = 0 if cache is None else cache.length
+        records["attn_scores"] = records["attn_scores"][..., start:]
+    records = {name: jnp.moveaxis(x, 0, 1) for name, x in records.items()}  # [B, L, ...]
+    return scores, records
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    example: int
+    column: int  # which class this row scores (-1: all classes from first tokens)
+    ids: tuple[int, ...]
+    probe: int
+    score_pos: tuple[int, ...]
+    score_tok: tuple[tuple[int, ...], ...]  # per position: target ids, one per scored class
+
+
+def _rows(queries: Sequence[Ids], candidates: Sequence[Ids], probe: str) -> list[_Row]:
+    single = all(len(c) == 1 for c in candidates)
+    rows = []
+    for n, q in enumerate(queries):
+        q = tuple(q)
+        probe_pos = len(q) if probe == "label" else len(q) - 1
+        if single:
+            first = tuple(c[0] for c in candidates)
+            rows.append(_Row(n, -1, q + (candidates[0][0],), probe_pos, (len(q) - 1,), (first,)))
+            continue
+        for c, cand in enumerate(candidates):
+            pos = tuple(range(len(q) - 1, len(q) - 1 + len(cand)))
+            rows.append(_Row(n, c, q + tuple(cand), probe_pos, pos, tuple((t,) for t in cand)))
+    return rows
+
+
+def _pad_prefix(prefix: Ids, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(prefix)
+    size = bucket(n, multiple)
+    ids = np.zeros((1, size), np.int32)
+    ids[0, :n] = prefix
+    return ids, np.arange(size)[None] < n
+
+
+def evaluate(
+    params: dict,
+    config: ModelConfig,
+    prefix: Ids,
+    queries: Sequence[Ids],
+    candidates: Sequence[Ids],
+    options: EvalOptions = EvalOptions(),
+) -> EvalResult:
+    """Score every query after `prefix` (BOS + demonstrations, or just BOS for zero-shot)."""
+    n, n_classes = len(queries), len(candidates)
+    longest = len(prefix) + max(len(q) for q in queries) + max(len(c) for c in candidates)
+    check_ids(config, list(prefix) + [0] * (longest - len(prefix)), what="longest prompt")
+    for i, q in enumerate(queries):
+        check_ids(config, q, what=f"query {i}")
+    for c, cand in enumerate(candidates):
+        check_ids(config, cand, what=f"candidate {c}")
+
+    cache = None
+    if len(prefix):
+        cache = prefix_cache(params, config, *map(jnp.asarray, _pad_prefix(prefix, 64)))
+
+    rows = _rows(queries, candidates, options.probe)
+    scores = np.zeros((n, n_classes), np.float64)
+    records: dict[str, list] = {name: [None] * n for name in options.records}
+    map_lengths = np.zeros(n, np.int64)
+    taps = tuple(options.records)
+
+    by_length: dict[int, list[_Row]] = {}
+    for row in rows:
+        by_length.setdefault(bucket(len(row.ids), options.length_multiple), []).append(row)
+    for length, group in sorted(by_length.items()):
+        for start in range(0, len(group), options.batch_size):
+            batch = group[start : start + options.batch_size]
+            arrays = _batch_arrays(batch, length, options.batch_size)
+            got_scores, got_records = score_rows(params, config, taps, cache, *map(jnp.asarray, arrays))
+            got_scores = np.asarray(got_scores, np.float64)
+            got_records = {k: np.asarray(v) for k, v in got_records.items()}
+            for b, row in enumerate(batch):
+                if row.column < 0:
+                    scores[row.example] = got_scores[b]
+                else:
+                    scores[row.example, row.column] = got_scores[b, 0]
+                if row.column > 0:
+                    continue  # records come from the option-0 row
+                map_lengths[row.example] = row.probe + 1
+                for name in taps:
+                    rec = got_records[name][b]
+                    records[name][row.example] = rec[..., : row.probe + 1] if name == "attn_scores" else rec
+    stacked = {name: _stack_padded(recs) for name, recs in records.items()}
+    return EvalResult(
+        scores=scores,
+        predictions=np.argmax(scores, axis=1),
+        records=stacked,
+        map_lengths=map_lengths,
+        prefix_len=len(prefix),
+    )
+
+
+def _batch_arrays(batch: list[_Row], length: int, size: int) -> tuple[np.ndarray, ...]:
+    """Right-padded arrays for a batch; missing rows (last batch) repeat row 0 and are ignored."""
+    batch = batch + [batch[0]] * (size - len(batch))
+    p = max(len(r.score_pos) for r in batch)
+    c = len(batch[0].score_tok[0])
+    ids = np.zeros((size, length), np.int32)
+    valid = np.zeros((size, length), bool)
+    probe = np.zeros(size, np.int32)
+    score_pos = np.zeros((size, p), np.int32)
+    score_tok = np.zeros((size, p, c), np.int32)
+    score_mask = np.zeros((size, p), np.float32)
+    for b, row in enumerate(batch):
+        ids[b, : len(row.ids)] = row.ids
+        valid[b, : len(row.ids)] = True
+        probe[b] = row.probe
+        score_pos[b, : len(row.score_pos)] = row.score_pos
+        score_tok[b, : len(row.score_tok)] = row.score_tok
+        score_mask[b, : len(row.score_pos)] = 1.0
+    return ids, valid, probe, score_pos, score_tok, score_mask
+
+
+def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """Stack per-example arrays, zero-padding the last axis of ragged ones (attention maps)."""
+    width = max(a.shape[-1] for a in arrays)
+    out = np.zeros((len(arrays),) + arrays[0].shape[:-1] + (width,), arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, ..., : a.shape[-1]] = a
+    return out
