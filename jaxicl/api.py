@@ -1,0 +1,83 @@
+"""The stable entry points: `load` a model, get next-token `logits` for token ids."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxicl.errors import CheckpointError, InputError
+from jaxicl.io import registry
+from jaxicl.lm import LM
+from jaxicl.models.config import ModelConfig
+from jaxicl.models.transformer import forward
+
+
+def load(name_or_path: str | os.PathLike = registry.DEFAULT_MODEL, dtype=jnp.float32) -> LM:
+    """Load a registry name ("gemma3-270m", "smollm2-135m"), a .gguf file, an HF directory or "hf:org/name"."""
+    path = registry.resolve(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        from jaxicl.io.gguf import load_gguf
+
+        config, params, tokenizer = load_gguf(path)
+    elif path.is_dir() and (path / "config.json").exists():
+        from jaxicl.io.hf import load_hf_dir
+
+        config, params, tokenizer = load_hf_dir(path)
+    else:
+        raise CheckpointError(f"{path}: not a .gguf file nor a directory with config.json")
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    return LM(config=config, params=params, tokenizer=tokenizer, source=str(name_or_path))
+
+
+def check_ids(config: ModelConfig, ids, what: str = "input") -> np.ndarray:
+    """Token ids as int32, refusing ids outside the vocabulary and inputs past the context window."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        raise InputError(f"{what}: no token ids")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{what}: token ids must be integers, got dtype {arr.dtype}")
+    bad = arr[(arr < 0) | (arr >= config.vocab_size)]
+    if bad.size:
+        raise InputError(f"{what}: token id {int(bad[0])} is outside the vocabulary [0, {config.vocab_size})")
+    if arr.shape[-1] > config.max_positions:
+        raise InputError(
+            f"{what}: {arr.shape[-1]} tokens exceed the model's context window of {config.max_positions}"
+        )
+    return arr.astype(np.int32)
+
+
+def bucket(length: int, multiple: int = 64) -> int:
+    """Pad lengths up to a multiple so a session compiles a handful of shapes, not one per prompt."""
+    return -(-length // multiple) * multiple
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _all_logits(params: dict, config: ModelConfig, ids: jax.Array, valid: jax.Array) -> jax.Array:
+    return forward(params, config, ids, valid=valid).logits
+
+
+def logits(lm: LM, ids, add_bos: bool | None = None) -> np.ndarray:
+    """Next-token logits [len(ids), vocab] (float32 numpy) at every position of `ids`.
+
+    `add_bos=None` follows the family: if it expects a BOS (Gemma does) and `ids` does not start
+    with one, a BOS is prepended and its own row dropped, so row i is always the prediction after
+    ids[i]. Pass add_bos=False to run the ids exactly as given.
+    """
+    cfg = lm.config
+    seq = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if add_bos is None:
+        add_bos = cfg.add_bos and cfg.bos_token_id is not None and (not seq or seq[0] != cfg.bos_token_id)
+    full = ([cfg.bos_token_id] if add_bos else []) + seq
+    arr = check_ids(cfg, full)
+    n = len(full)
+    padded = min(bucket(n), max(cfg.max_positions, n))
+    ids_pad = np.zeros((1, padded), np.int32)
+    ids_pad[0, :n] = arr
+    valid = np.arange(padded)[None] < n
+    out = _all_logits(lm.params, cfg, jnp.asarray(ids_pad), jnp.asarray(valid))
+    return np.asarray(out[0, int(add_bos) : n], np.float32)
