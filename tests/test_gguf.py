@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import tiny_gguf as tg  # noqa: E402
+from tests import tiny_gguf as tg  # noqa: E402
 
 from jaxicl.errors import CheckpointError, ModelNotFoundError  # noqa: E402
 from jaxicl.io import gguf as gguf_io  # noqa: E402
