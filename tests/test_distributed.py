@@ -1,0 +1,204 @@
+"""jaxicl.distributed: sharding arithmetic, single-process behaviour, and a real 2-process CPU run.
+
+The 2-process test starts two Python processes that join through jax.distributed on localhost
+(gloo CPU collectives), the same code path a TPU pod slice takes with one process per host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import pytest
+
+from jaxicl import distributed
+from jaxicl.distributed import gather_to_host0, initialize, is_writer, process_shard, shard_bounds, write_once
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- sharding ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("count", range(1, 9))
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 9, 17, 100, 1001])
+def test_shards_cover_every_item_once_in_order(count, n):
+    items = [f"item{i}" for i in range(n)]
+    shards = [process_shard(items, process_index=i, process_count=count) for i in range(count)]
+    assert [x for shard in shards for x in shard] == items  # disjoint, complete, global order
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_shard_bounds_examples():
+    assert [shard_bounds(10, i, 4) for i in range(4)] == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert [shard_bounds(2, i, 3) for i in range(3)] == [(0, 1), (1, 2), (2, 2)]
+
+
+def test_process_shard_accepts_any_iterable_and_defaults_to_this_process():
+    assert process_shard(range(5)) == [0, 1, 2, 3, 4]  # one process here: everything
+    assert process_shard(iter("abcde"), process_index=1, process_count=2) == ["d", "e"]
+
+
+@pytest.mark.parametrize("index, count", [(2, 2), (-1, 2), (0, 0)])
+def test_process_shard_rejects_bad_positions(index, count):
+    with pytest.raises(ValueError):
+        process_shard([1, 2, 3], process_index=index, process_count=count)
+
+
+# ---- single process ----------------------------------------------------------------------------
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No distributed configuration in the environment, and no TPU attached."""
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID,
+                 distributed.ENV_DISTRIBUTED):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: False)
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    return calls
+
+
+def test_initialize_single_process_is_a_noop(clean_env):
+    assert initialize() is False
+    assert initialize() is False  # idempotent
+    assert clean_env == [] and not jax.distributed.is_initialized()
+    assert jax.process_count() == 1 and is_writer()
+
+
+@pytest.mark.parametrize("env", [
+    {"JAXICL_NUM_PROCESSES": "1", "JAXICL_COORDINATOR": "10.0.0.1:1234", "JAXICL_PROCESS_ID": "0"},
+    {"JAXICL_DISTRIBUTED": "0", "JAXICL_NUM_PROCESSES": "4"},
+])
+def test_initialize_respects_single_process_settings(clean_env, monkeypatch, env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert initialize() is False and clean_env == []
+
+
+def test_initialize_passes_explicit_settings_to_jax(clean_env, monkeypatch):
+    monkeypatch.setenv("JAXICL_COORDINATOR", "10.0.0.1:1234")
+    monkeypatch.setenv("JAXICL_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAXICL_PROCESS_ID", "3")
+    assert initialize(process_id=2) is True  # the argument wins over the environment
+    assert clean_env == [((), {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2})]
+
+
+def test_initialize_lets_jax_detect_a_tpu_cluster(clean_env, monkeypatch):
+    monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: True)
+    assert initialize() is True
+    assert clean_env == [((), {"coordinator_address": None, "num_processes": None, "process_id": None})]
+    monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: False)
+    monkeypatch.setenv("JAXICL_DISTRIBUTED", "1")  # e.g. Slurm: JAX's own detection
+    assert initialize() is True and len(clean_env) == 2
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAXICL_NUM_PROCESSES": "2"}, "coordinator, process_id"),
+    ({"JAXICL_NUM_PROCESSES": "two"}, "must be an integer"),
+    ({"JAXICL_DISTRIBUTED": "yes"}, "must be 0 or 1"),
+])
+def test_initialize_rejects_incomplete_settings(clean_env, monkeypatch, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=message):
+        initialize()
+    assert clean_env == []
+
+
+def fake_pci(root: Path, devices: list[tuple[str, str]]) -> str:
+    for i, (vendor, device) in enumerate(devices):
+        d = root / f"0000:00:0{i}.0"
+        d.mkdir(parents=True)
+        (d / "vendor").write_text(vendor + "\n")
+        (d / "device").write_text(device + "\n")
+    return str(root)
+
+
+def test_tpu_detection_reads_pci_ids(tmp_path):
+    gvnic_and_nvme = [("0x1ae0", "0x0042"), ("0x1ae0", "0x001f"), ("0x10de", "0x2330")]
+    assert not distributed.on_cloud_tpu_vm(fake_pci(tmp_path / "gce", gvnic_and_nvme))
+    assert distributed.on_cloud_tpu_vm(fake_pci(tmp_path / "v4", [("0x1ae0", "0x0042"), ("0x1ae0", "0x005e")]))
+    assert not distributed.on_cloud_tpu_vm(str(tmp_path / "missing"))
+
+
+def test_gather_single_process_returns_local_results():
+    local = [{"i": 1}, 2.5, "x"]
+    out = gather_to_host0(local)
+    assert out == local and out is not local
+
+
+def test_write_once_writes_on_process_zero_only(tmp_path, monkeypatch):
+    path = tmp_path / "out" / "result.json"
+    assert write_once(path, {"acc": 0.5}) == path
+    assert json.loads(path.read_text()) == {"acc": 0.5}
+    monkeypatch.setattr(jax, "process_index", lambda *a, **k: 1)
+    assert not is_writer()
+    other = tmp_path / "out" / "other.json"
+    assert write_once(other, {"acc": 0.7}) is None
+    assert not other.exists() and json.loads(path.read_text()) == {"acc": 0.5}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]  # no temp files left
+
+
+# ---- two real processes on CPU -----------------------------------------------------------------
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    from jaxicl import distributed as d
+    process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    if process_id == 0:  # one process configured by arguments, the other by environment
+        assert d.initialize(f"localhost:{port}", 2, 0)
+    else:
+        assert d.initialize()
+    assert d.initialize() is True  # idempotent once running
+    import jax
+    items = list(range(11))
+    mine = d.process_shard(items)
+    rows = d.gather_to_host0([{"item": i, "square": i * i, "by": jax.process_index()} for i in mine])
+    tiny = d.gather_to_host0(d.process_shard(["only"]))  # process 1 contributes nothing
+    d.write_once(out, {"writer": jax.process_index(), "rows": rows})
+    print("RESULT " + json.dumps({"index": jax.process_index(), "count": jax.process_count(),
+                                  "mine": mine, "rows": rows, "tiny": tiny, "writer": d.is_writer()}))
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_shard_gather_and_write_once(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "run" / "result.json"
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("JAXICL_")}
+    base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    envs = [base, {**base, "JAXICL_COORDINATOR": f"localhost:{port}", "JAXICL_NUM_PROCESSES": "2",
+                   "JAXICL_PROCESS_ID": "1"}]
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(out)], env=envs[i],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text
+        results.append(json.loads(text.split("RESULT ", 1)[1]))
+    expected_rows = [{"item": i, "square": i * i, "by": 0 if i < 6 else 1} for i in range(11)]
+    assert [r["index"] for r in results] == [0, 1] and all(r["count"] == 2 for r in results)
+    assert [r["mine"] for r in results] == [list(range(6)), list(range(6, 11))]
+    assert all(r["rows"] == expected_rows and r["tiny"] == ["only"] for r in results)
+    assert [r["writer"] for r in results] == [True, False]
+    assert json.loads(out.read_text()) == {"writer": 0, "rows": expected_rows}
+    assert [p.name for p in out.parent.iterdir()] == ["result.json"]
