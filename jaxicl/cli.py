@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from jaxicl.errors import JaxiclError
+from jaxicl.errors import DataError, JaxiclError
 
 
 def label_logprobs(lm, prompt: str, words: list[str]) -> np.ndarray:
@@ -48,10 +48,11 @@ def _eval(args: argparse.Namespace) -> None:
     from jaxicl.io.results import machine, versions, write_json_atomic
 
     task = get_task(args.task)
+    separator = _unescape(args.separator)
     lm = jaxicl.load(args.model)
     run = run_eval(
         lm, task, seed=args.seed, perm=args.perm, k=args.k, n_eval=args.n_eval, max_len=args.max_len,
-        separator=args.separator.encode().decode("unicode_escape"), data_dir=args.data_dir,
+        separator=separator, data_dir=args.data_dir,
         options=EvalOptions(batch_size=args.batch_size, probe=args.probe, records=()),
     )  # fmt: skip
     record = eval_record(run, args.model)
@@ -60,10 +61,50 @@ def _eval(args: argparse.Namespace) -> None:
           f"  n_eval={run.prompts.n_eval}")
     print(f"zero-shot accuracy: {acc['zs']:.4f}")
     print(f"ICL accuracy:       {acc['icl']:.4f}")
+    print("seconds: " + ", ".join(f"{name} {s:.1f}" for name, s in run.seconds.items()))
     if args.out:
         record.update(versions=versions(), machine=machine())
         write_json_atomic(args.out, record)
         print(f"wrote {args.out}")
+
+
+def _unescape(text: str) -> str:
+    """Backslash escapes (\\n, \\t, \\u2192) decoded; any other character kept as it is."""
+    try:
+        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:
+        raise DataError(f"--separator {text!r}: invalid backslash escape ({e.reason})") from e
+
+
+def _csv(text: str | None, cast=str) -> tuple | None:
+    return None if text is None else tuple(cast(x) for x in text.split(",") if x)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from jaxicl.experiment import RunConfig, run
+
+    runs = None
+    if args.seeds:
+        seeds = _csv(args.seeds, int)
+        perms = _csv(args.perms, int) if args.perms else tuple(range(len(seeds)))
+        if len(perms) != len(seeds):
+            raise JaxiclError(f"--perms has {len(perms)} values for {len(seeds)} seeds")
+        runs = tuple(zip(seeds, perms))
+    config = RunConfig(
+        model=args.model, tasks=_csv(args.tasks), runs=runs, methods=_csv(args.methods),
+        variants=_csv(args.variants), k=args.k, n_eval=args.n_eval, max_len=args.max_len,
+        batch_size=args.batch_size, data_dir=args.data_dir,
+    )  # fmt: skip
+    counts = run(config, args.out, force=args.force)
+    print(f"{args.out}: {counts['done']} cells run, {counts['skipped']} already done, "
+          f"{counts['recomputed']} corrupt cell files recomputed")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from jaxicl.report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="directory of <task>/<split>.jsonl (else $JAXICL_DATA_DIR, else the Hub)")
     ev.add_argument("--out", default=None, help="write the results JSON here")
     ev.set_defaults(func=_eval)
+
+    rn = sub.add_parser("run", help="the paper's protocol over a grid of cells, resumable")
+    rn.add_argument("--model", default="gemma3-270m")
+    rn.add_argument("--tasks", default="sst2,sst5,mr,subj,agnews,cb")
+    rn.add_argument("--seeds", default=None, help="comma-separated seeds (default: each task's paper seeds)")
+    rn.add_argument("--perms", default=None, help="permutation index per seed (default: 0, 1, 2, ...)")
+    rn.add_argument("--methods", default="gd,lcgd")
+    rn.add_argument("--variants", default="trained",
+                    help="trained,trained-embeddings,no-training,no-training-keep-norms")
+    rn.add_argument("--k", type=int, default=32)
+    rn.add_argument("--n-eval", type=int, default=200)
+    rn.add_argument("--max-len", type=int, default=None)
+    rn.add_argument("--batch-size", type=int, default=16)
+    rn.add_argument("--data-dir", default=None)
+    rn.add_argument("--out", required=True, help="the run directory")
+    rn.add_argument("--force", action="store_true", help="reuse a run directory written by another config")
+    rn.set_defaults(func=_run)
+
+    rp = sub.add_parser("report", help="tables and plots of a run directory")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", default=None, help="default: RUN_DIR/report")
+    rp.set_defaults(func=_report)
     return parser
 
 

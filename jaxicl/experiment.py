@@ -1,0 +1,324 @@
+"""The paper's protocol end to end, as a resumable run directory of one results JSON per cell.
+
+A cell is (task, variant, seed, perm, method). Cells of one (task, variant, seed, perm) share the
+prompts and the zero-shot and ICL evaluations; those records are kept in `evals/` so GD and LCGD
+(or a resumed run) never recompute them. Finetuned params live in `checkpoints/` (orbax).
+
+    RUN_DIR/run.json                                   the full config (a rerun must match it)
+    RUN_DIR/provenance.json                            package versions and machine
+    RUN_DIR/evals/<task>/<variant>/seed<S>-perm<P>/{zs,icl}.npz, <method>-ft.npz
+    RUN_DIR/checkpoints/<task>/<variant>/<method>-seed<S>-perm<P>/
+    RUN_DIR/cells/<task>/<variant>/<method>-seed<S>-perm<P>.json
+
+Every file is written atomically (temp file + rename), so an interrupt loses at most the cell in
+progress and never leaves a partial file; rerunning the same command skips finished cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from jaxicl import metrics
+from jaxicl.data.prompts import PromptSet, build_prompts
+from jaxicl.data.tasks import get_task
+from jaxicl.errors import JaxiclError
+from jaxicl.icl import EvalOptions, EvalResult, evaluate
+from jaxicl.io.results import machine, versions, write_json_atomic
+
+METHODS = ("gd", "lcgd")
+CELL_KEYS = ("task", "variant", "method", "seed", "perm", "accuracy", "per_layer", "scalar")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers; a run directory refuses a different one."""
+
+    model: str = "gemma3-270m"
+    tasks: tuple[str, ...] = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
+    runs: tuple[tuple[int, int], ...] | None = None  # (seed, perm) pairs; None: each task's paper runs
+    methods: tuple[str, ...] = METHODS
+    variants: tuple[str, ...] = ("trained",)
+    k: int = 32
+    n_eval: int | None = 200
+    max_len: int | None = None  # context window for ICL; None: the model's
+    separator: str = "\n"
+    probe: str = "label"
+    batch_size: int = 16
+    loss_tokens: str = "all"
+    layer_reduction: str = "sum"
+    lcgd_readout: str = "block"
+    metric_seed: int = 0
+    data_dir: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    task: str
+    variant: str
+    seed: int
+    perm: int
+    method: str
+
+    @property
+    def group(self) -> tuple[str, str, int, int]:
+        return (self.task, self.variant, self.seed, self.perm)
+
+    def relpath(self) -> Path:
+        return Path("cells", self.task, self.variant, f"{self.method}-seed{self.seed}-perm{self.perm}.json")
+
+    def name(self) -> str:
+        return f"{self.task}/{self.variant}/{self.method} seed {self.seed} perm {self.perm}"
+
+
+def cells_of(config: RunConfig) -> list[Cell]:
+    """The grid, grouped so cells sharing prompts and ICL records run back to back."""
+    out = []
+    for task_name in config.tasks:
+        task = get_task(task_name)
+        for variant in config.variants:
+            for seed, perm in config.runs or task.runs:
+                out += [Cell(task.name, variant, seed, perm, m) for m in config.methods]
+    return out
+
+
+# --- run directory -------------------------------------------------------------------------------
+
+
+def open_run_dir(run_dir: Path, config: RunConfig, force: bool = False) -> None:
+    """Create the run directory, or check that an existing one was made by the same config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "run.json"
+    ours = config.to_json()
+    if path.exists() and not force:
+        theirs = json.loads(path.read_text())
+        differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differing:
+            details = "; ".join(f"{k}: run dir has {theirs.get(k)!r}, this command {ours.get(k)!r}" for k in differing)
+            raise JaxiclError(f"{run_dir} was written by a different config ({details}); use --force to reuse it")
+    write_json_atomic(path, ours)
+    write_json_atomic(run_dir / "provenance.json", {"versions": versions(), "machine": machine()})
+
+
+def read_cell(path: Path) -> tuple[dict | None, str | None]:
+    """(cell, None) for a complete cell file, (None, why) for a corrupt one, (None, None) if absent."""
+    if not path.exists():
+        return None, None
+    try:
+        cell = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"{path}: not valid JSON ({e})"
+    missing = [k for k in CELL_KEYS if k not in cell] if isinstance(cell, dict) else list(CELL_KEYS)
+    if missing:
+        return None, f"{path}: missing keys {missing}"
+    return cell, None
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _result_arrays(result: EvalResult) -> dict[str, np.ndarray]:
+    out = {f"rec_{k}": v for k, v in result.records.items()}
+    out.update(scores=result.scores, predictions=result.predictions, map_lengths=result.map_lengths,
+               prefix_len=np.asarray(result.prefix_len))
+    return out
+
+
+def _load_result(path: Path) -> EvalResult | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            records = {k[4:]: z[k] for k in z.files if k.startswith("rec_")}
+            return EvalResult(scores=z["scores"], predictions=z["predictions"], records=records,
+                              map_lengths=z["map_lengths"], prefix_len=int(z["prefix_len"]))
+    except Exception:  # unreadable cache: recompute rather than trust it
+        return None
+
+
+def cached_eval(path: Path, compute) -> tuple[EvalResult, bool]:
+    """(result, reused): the evaluation stored at `path`, or compute and store it."""
+    found = _load_result(path)
+    if found is not None:
+        return found, True
+    result = compute()
+    _save_npz_atomic(path, _result_arrays(result))
+    return result, False
+
+
+# --- one group of cells ----------------------------------------------------------------------------
+
+
+class _Stopwatch:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str):
+        watch = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                watch.seconds[stage] = watch.seconds.get(stage, 0.0) + time.perf_counter() - self.t
+
+        return _Timer()
+
+
+def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell], progress=None) -> list[Path]:
+    """Run the cells of one (task, variant, seed, perm): shared prompts and ICL, then each method."""
+    from jaxicl import transforms
+    from jaxicl.finetune import FinetuneOptions, Objective, finetune_cached
+
+    task_name, variant, seed, perm = cells[0].group
+    watch = _Stopwatch()
+    step = (lambda msg: progress(msg)) if progress else (lambda msg: None)
+    group_dir = Path(task_name, variant, f"seed{seed}-perm{perm}")
+    options = EvalOptions(batch_size=config.batch_size, probe=config.probe)
+
+    with watch("prompts"):
+        prompts: PromptSet = build_prompts(
+            task, lm.tokenizer, seed=seed, perm=perm, k=config.k, n_eval=config.n_eval,
+            max_len=config.max_len or lm.config.max_positions, separator=config.separator,
+            data_dir=config.data_dir,
+        )  # fmt: skip
+        params = transforms.reinit(lm.params, lm.config, variant, seed)
+
+    def ev(prefix, p=params):
+        return lambda: evaluate(p, lm.config, prefix, prompts.query_ids, prompts.candidate_ids, options)
+
+    step("zero-shot")
+    with watch("zero_shot"):
+        zs, _ = cached_eval(run_dir / "evals" / group_dir / "zs.npz", ev(prompts.zs_prefix_ids))
+    step("ICL")
+    with watch("icl"):
+        icl, _ = cached_eval(run_dir / "evals" / group_dir / "icl.npz", ev(prompts.prefix_ids))
+
+    gold = list(prompts.gold_labels)
+    ft_results: dict[str, EvalResult] = {}
+    written = []
+    for cell in cells:
+        if task.lr is None:
+            raise JaxiclError(f"task {task.name} has no learning rate; add 'lr' to its spec")
+        objective = Objective() if cell.method == "gd" else Objective(
+            readout=config.lcgd_readout, causal=True, layer_reduction=config.layer_reduction)
+        ft_options = FinetuneOptions(lr=task.lr, objective=objective, loss_tokens=config.loss_tokens)
+        step(f"{cell.method} finetune")
+        with watch(f"finetune_{cell.method}"):
+            result, _ = finetune_cached(
+                run_dir / "checkpoints" / task_name / variant / f"{cell.method}-seed{seed}-perm{perm}",
+                params, lm.config, prompts.ft_sequences, ft_options,
+                label_starts=prompts.ft_label_starts, base=f"{config.model}/{variant}/{seed}",
+                demo_names=[f"dataset index {i}" for i in prompts.demo_indices],
+            )  # fmt: skip
+        step(f"{cell.method} evaluate")
+        with watch(f"ftzs_{cell.method}"):
+            ft, _ = cached_eval(run_dir / "evals" / group_dir / f"{cell.method}-ft.npz",
+                                ev(prompts.zs_prefix_ids, result.params))
+        ft_results[cell.method] = ft
+        with watch(f"metrics_{cell.method}"):
+            values = metrics.all_metrics(zs, icl, ft, gold=gold, seed=config.metric_seed)
+        record = {
+            "task": task_name, "model": config.model, "variant": variant, "method": cell.method,
+            "seed": seed, "perm": perm, "k": config.k, "k_icl": prompts.k_icl, "n_eval": prompts.n_eval,
+            "lr": task.lr,
+            "accuracy": {"zs": zs.accuracy(gold), "icl": icl.accuracy(gold), "ft": ft.accuracy(gold)},
+            "per_layer": values["per_layer"], "scalar": values["scalar"], "counts": values["counts"],
+            "grad_norms": {"kv": result.kv_grad_norms.tolist(), "all": result.grad_norms.tolist()},
+            "losses": result.losses.tolist(),
+            "demo_indices": list(prompts.demo_indices), "format": prompts.format.to_dict(),
+            "config": config.to_json(), "versions": versions(),
+            "seconds": {k: round(v, 3) for k, v in watch.seconds.items()},
+        }  # fmt: skip
+        if cell.method == "lcgd" and "gd" in ft_results:
+            a = metrics.alpha_metrics(zs, ft_results["lcgd"], ft_results["gd"])
+            record["alpha"] = {"per_layer": a["per_layer"]["alpha"], "scalar": a["scalar"]["alpha"]}
+        written.append(write_json_atomic(run_dir / cell.relpath(), record))
+    return written
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _groups(cells: Sequence[Cell]) -> Iterator[list[Cell]]:
+    current: list[Cell] = []
+    for cell in cells:
+        if current and cell.group != current[0].group:
+            yield current
+            current = []
+        current.append(cell)
+    if current:
+        yield current
+
+
+def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, lm=None, quiet: bool = False) -> dict:
+    """Run every unfinished cell of the grid; returns counts of done/skipped/recomputed cells."""
+    from tqdm import tqdm
+
+    import jaxicl
+
+    run_dir = Path(run_dir)
+    open_run_dir(run_dir, config, force)
+    tasks = {task.name: task for task in map(get_task, config.tasks)}
+    cells = cells_of(config)
+    todo, skipped, corrupt = [], 0, []
+    for cell in cells:
+        found, problem = read_cell(run_dir / cell.relpath())
+        if problem:
+            corrupt.append(problem)
+        if found is None:
+            todo.append(cell)
+        else:
+            skipped += 1
+    for problem in corrupt:
+        print(f"jaxicl: corrupt cell file, recomputing: {problem}")
+    if not todo:
+        return {"done": 0, "skipped": skipped, "recomputed": len(corrupt)}
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    t0 = time.perf_counter()
+    try:
+        lm = lm or jaxicl.load(config.model)
+        load_s = time.perf_counter() - t0
+        overall = tqdm(total=len(todo), desc="cells", unit="cell", disable=quiet, position=0)
+        for group in _groups(todo):
+            bar = tqdm(total=4 + 2 * len(group), desc=f"{group[0].task}/{group[0].variant} seed {group[0].seed}",
+                       leave=False, disable=quiet, position=1)
+
+            def progress(msg, bar=bar):
+                bar.set_postfix_str(msg)
+                bar.update(1)
+
+            run_group(lm, config, run_dir, tasks[group[0].task], group, progress=progress)
+            bar.close()
+            overall.update(len(group))
+        overall.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    write_json_atomic(run_dir / "timing.json", {"load_s": load_s, "total_s": time.perf_counter() - t0})
+    return {"done": len(todo), "skipped": skipped, "recomputed": len(corrupt)}

@@ -1,0 +1,133 @@
+"""The resumable runner on a tiny model and a tiny task written in a JSON spec."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+pytest.importorskip("torch")
+
+import jaxicl  # noqa: E402
+from jaxicl import experiment  # noqa: E402
+from jaxicl.errors import JaxiclError  # noqa: E402
+from jaxicl.experiment import RunConfig, read_cell, run  # noqa: E402
+from tests.test_hf_parity import _save_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gemma3")
+    _save_tiny("gemma3", path)
+    return jaxicl.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def task_spec(tmp_path_factory):
+    """A two-class task over the tiny tokenizer's words (w10.. are inputs, w1/w2 the labels)."""
+    root = tmp_path_factory.mktemp("tinytask")
+    rng = random.Random(0)
+    for split, n in (("train", 40), ("validation", 12)):
+        with open(root / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                label = rng.randrange(2)
+                words = " ".join(f"w{rng.randrange(10, 30) + 20 * label}" for _ in range(rng.randrange(2, 5)))
+                f.write(json.dumps({"text": words, "label": label}) + "\n")
+    spec = {
+        "name": "tiny", "template": "{text} w3", "label_words": ["w1", "w2"],
+        "data_files": {"train": "train.jsonl", "validation": "validation.jsonl"},
+        "runs": [[1, 0], [2, 1]], "lr": 0.05,
+    }  # fmt: skip
+    path = root / "tiny.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def _config(spec: str, **changes) -> RunConfig:
+    base = dict(model="tiny", tasks=(spec,), k=4, n_eval=6, batch_size=4, methods=("gd", "lcgd"))
+    base.update(changes)
+    return RunConfig(**base)
+
+
+def _cell_files(run_dir):
+    return sorted((run_dir / "cells").rglob("*.json"))
+
+
+def test_run_writes_one_complete_cell_per_grid_point(tiny_lm, task_spec, tmp_path):
+    counts = run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True)
+    files = _cell_files(tmp_path)
+    assert counts == {"done": 4, "skipped": 0, "recomputed": 0} and len(files) == 4
+    cell = json.loads(files[0].read_text())
+    L = tiny_lm.config.n_layers
+    for key in ("simaou_norm", "simaou", "simam", "simam_delta", "zsl_simam", "random_simaou"):
+        assert len(cell["per_layer"][key]) == L
+    assert set(cell["accuracy"]) == {"zs", "icl", "ft"} and cell["lr"] == 0.05
+    assert len(cell["grad_norms"]["kv"]) == cell["k_icl"]
+    lcgd = json.loads((tmp_path / "cells/tiny/trained/lcgd-seed1-perm0.json").read_text())
+    assert len(lcgd["alpha"]["per_layer"]) == L
+    assert json.loads((tmp_path / "run.json").read_text())["tasks"] == [task_spec]
+    assert "versions" in json.loads((tmp_path / "provenance.json").read_text())
+
+
+def test_rerun_skips_finished_cells_and_recomputes_nothing(tiny_lm, task_spec, tmp_path, monkeypatch):
+    run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True)
+    before = {p: p.read_bytes() for p in _cell_files(tmp_path)}
+
+    def fail(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(experiment, "run_group", fail)
+    assert run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True) == {"done": 0, "skipped": 4, "recomputed": 0}
+    assert {p: p.read_bytes() for p in _cell_files(tmp_path)} == before
+
+
+def test_interrupt_loses_at_most_the_cell_in_progress(tiny_lm, task_spec, tmp_path, monkeypatch):
+    real = experiment.metrics.all_metrics
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(experiment.metrics, "all_metrics", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True)
+    assert len(_cell_files(tmp_path)) == 2
+    assert not list(tmp_path.rglob("*.tmp")), "a partial file was left behind"
+    for path in _cell_files(tmp_path):
+        assert read_cell(path)[1] is None
+    monkeypatch.setattr(experiment.metrics, "all_metrics", real)
+    assert run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True)["done"] == 2
+    assert len(_cell_files(tmp_path)) == 4
+
+
+def test_a_different_config_is_refused_naming_the_keys(tiny_lm, task_spec, tmp_path):
+    run(_config(task_spec, methods=("gd",)), tmp_path, lm=tiny_lm, quiet=True)
+    with pytest.raises(JaxiclError, match=r"different config \(k: run dir has 4, this command 5"):
+        run(_config(task_spec, methods=("gd",), k=5), tmp_path, lm=tiny_lm, quiet=True)
+    assert run(_config(task_spec, methods=("gd",), k=5), tmp_path, lm=tiny_lm, quiet=True, force=True)["done"] == 0
+
+
+def test_corrupt_cell_is_reported_and_recomputed(tiny_lm, task_spec, tmp_path, capsys):
+    run(_config(task_spec, methods=("gd",)), tmp_path, lm=tiny_lm, quiet=True)
+    victim = _cell_files(tmp_path)[0]
+    good = json.loads(victim.read_text())
+    victim.write_text(victim.read_text()[:50])
+    counts = run(_config(task_spec, methods=("gd",)), tmp_path, lm=tiny_lm, quiet=True)
+    assert counts == {"done": 1, "skipped": 1, "recomputed": 1}
+    assert "corrupt cell file" in capsys.readouterr().out
+    again = json.loads(victim.read_text())
+    assert again["per_layer"] == good["per_layer"] and again["accuracy"] == good["accuracy"]
+
+
+def test_same_config_and_seed_give_the_same_numbers(tiny_lm, task_spec, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(_config(task_spec, methods=("lcgd",)), a, lm=tiny_lm, quiet=True)
+    run(_config(task_spec, methods=("lcgd",)), b, lm=tiny_lm, quiet=True)
+    for pa, pb in zip(_cell_files(a), _cell_files(b)):
+        ca, cb = json.loads(pa.read_text()), json.loads(pb.read_text())
+        ca.pop("seconds"), cb.pop("seconds")
+        assert ca == cb
