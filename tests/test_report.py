@@ -1,0 +1,455 @@
+"""report.py on synthetic run directories: statistics, emphasis, exclusion of bad cells, plots, determinism."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxicl import report
+from jaxicl.report import Stat, fmt_stat, load_cells, mean_std, write_report
+
+N_LAYERS = 4
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_cell(task: str, variant: str, method: str, seed: int, perm: int, **values: float) -> dict:
+    """A schema-complete cell whose per-layer lists are constant, so every scalar equals its layers."""
+    metrics = {"simaou_norm": 0.2, "simaou": 0.1, "simam": 0.4, "simam_delta": 0.3, "zsl_simam": 0.35,
+               "random_simaou": 0.002, "random_simaou_gauss": 0.0}
+    metrics.update({k: v for k, v in values.items() if k in metrics})
+    return {
+        "task": task, "model": "tiny-test", "variant": variant, "method": method, "seed": seed, "perm": perm,
+        "k": 32, "k_icl": values.get("k_icl", 32), "n_eval": 50, "lr": 0.001,
+        "accuracy": {"zs": values.get("zs", 0.5), "icl": values.get("icl", 0.8), "ft": values.get("ft", 0.6)},
+        "per_layer": {k: [v] * N_LAYERS for k, v in metrics.items()},
+        "scalar": {**metrics, "rec2ftp": values.get("rec2ftp", 80.0)},
+        "config": {}, "versions": {}, "seconds": {},
+    }
+
+
+def cell_path(run_dir: Path, cell: dict) -> Path:
+    return (run_dir / "cells" / cell["task"] / cell["variant"]
+            / f"{cell['method']}-seed{cell['seed']}-perm{cell['perm']}.json")
+
+
+def write_cell(run_dir: Path, cell: dict) -> Path:
+    path = cell_path(run_dir, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell))
+    return path
+
+
+def new_run(tmp_path: Path, name: str = "run") -> Path:
+    run_dir = tmp_path / name
+    (run_dir / "cells").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"model": "tiny-test", "n_eval": 50, "tasks": ["sst2", "subj"]}))
+    return run_dir
+
+
+SIMAOU_NORM = {  # (task, method) → values over the three runs
+    ("sst2", "gd"): (0.1, 0.2, 0.3),      # 0.20 ± 0.10
+    ("sst2", "lcgd"): (0.3, 0.4, 0.5),    # 0.40 ± 0.10
+    ("subj", "gd"): (0.5, 0.6, 0.7),      # 0.60 ± 0.10
+    ("subj", "lcgd"): (0.1, 0.1, 0.1),    # 0.10 ± 0.00
+}
+RUNS = ((2, 0), (3, 1), (4, 2))
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """Two tasks × GD/LCGD × three runs (trained), GD on trained-embeddings; α and grad norms on subj."""
+    run_dir = new_run(tmp_path)
+    rng = np.random.default_rng(0)
+    for (task, method), values in SIMAOU_NORM.items():
+        for (seed, perm), v in zip(RUNS, values):
+            cell = make_cell(task, "trained", method, seed, perm, simaou_norm=v,
+                             simaou=0.5 if method == "gd" else 0.2, simam_delta=0.1 if method == "gd" else 0.4)
+            if task == "subj":
+                cell["grad_norms"] = {"kv": rng.uniform(0.1, 2.0, (5, N_LAYERS)).tolist(),
+                                      "all": rng.uniform(0.1, 2.0, (5, N_LAYERS)).tolist()}
+                if method == "lcgd":
+                    cell["alpha"] = {"per_layer": [0.1 + 0.05 * seed] * N_LAYERS, "scalar": 0.1 + 0.05 * seed}
+            write_cell(run_dir, cell)
+    for task in ("sst2", "subj"):
+        for seed, perm in RUNS:
+            write_cell(run_dir, make_cell(task, "trained-embeddings", "gd", seed, perm, simaou=0.3, simam_delta=0.05))
+    return run_dir
+
+
+def section(md: str, heading: str) -> str:
+    """The text of a '## ...' section (up to the next '## ')."""
+    start = md.index(heading)
+    end = md.find("\n## ", start + len(heading))
+    return md[start:] if end < 0 else md[start:end]
+
+
+def first_table(text: str) -> list[list[str]]:
+    """Rows (header first, separator dropped) of the first markdown table in `text`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def table2_row(md: str, metric: str, method: str) -> dict[str, str]:
+    rows = first_table(section(md, "## Table 2"))
+    header = rows[0]
+    row = next(r for r in rows[1:] if r[0] == metric and r[1] == method)
+    return dict(zip(header, row))
+
+
+def read_csvs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.csv"))}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_mean_std_uses_sample_std():
+    stat = mean_std([0.1, 0.2, 0.3])
+    assert stat.mean == pytest.approx(0.2) and stat.std == pytest.approx(0.1) and stat.n == 3
+    assert fmt_stat(stat) == "0.20 ± 0.10"
+
+
+def test_single_run_has_no_std():
+    stat = mean_std([0.25])
+    assert stat == Stat(0.25, None, 1)
+    assert fmt_stat(stat) == "0.25 ± —"
+    assert mean_std([]) is None and fmt_stat(None) == "n/a"
+
+
+def test_table2_cells_are_mean_pm_std_over_runs(run_dir: Path):
+    md = write_report(run_dir, plots=False).read_text()
+    gd = table2_row(md, "SimAOU_norm", "GD")
+    assert gd["SST2"] == "0.20 ± 0.10"
+    assert gd["Subj"] == "**0.60 ± 0.10**"
+
+
+def test_single_seed_cell_in_report(tmp_path: Path):
+    run_dir = new_run(tmp_path)
+    write_cell(run_dir, make_cell("sst2", "trained", "gd", 2, 0, simaou_norm=0.25))
+    md = write_report(run_dir, plots=False).read_text()
+    assert table2_row(md, "SimAOU_norm", "GD")["SST2"] == "0.25 ± —"
+    assert table2_row(md, "SimAOU_norm", "LCGD")["SST2"] == "n/a"
+
+
+# ----------------------------------------------------------------------------- emphasis and averages
+
+
+def test_bold_marks_the_higher_method(run_dir: Path):
+    md = write_report(run_dir, plots=False).read_text()
+    # SimAOU_norm: LCGD higher on SST2, GD higher on Subj.
+    assert table2_row(md, "SimAOU_norm", "LCGD")["SST2"] == "**0.40 ± 0.10**"
+    assert table2_row(md, "SimAOU_norm", "GD")["SST2"] == "0.20 ± 0.10"
+    assert table2_row(md, "SimAOU_norm", "LCGD")["Subj"] == "0.10 ± 0.00"
+    # SimAOU: GD 0.5 vs LCGD 0.2 everywhere; SimAM_Δ: the other way round.
+    assert table2_row(md, "SimAOU", "GD")["SST2"].startswith("**")
+    assert not table2_row(md, "SimAOU", "LCGD")["SST2"].startswith("**")
+    assert table2_row(md, "SimAM_Δ", "LCGD")["Subj"].startswith("**")
+    assert not table2_row(md, "SimAM_Δ", "GD")["Subj"].startswith("**")
+
+
+def test_best_flags_ties_and_missing():
+    assert report.best_flags({"gd": 0.3, "lcgd": 0.1}) == {"gd": True, "lcgd": False}
+    assert report.best_flags({"gd": 0.2, "lcgd": 0.2}) == {"gd": True, "lcgd": True}
+    assert report.best_flags({"gd": 0.2, "lcgd": None}) == {"gd": False, "lcgd": False}
+
+
+def test_average_is_mean_over_tasks(run_dir: Path):
+    out = write_report(run_dir, plots=False).parent
+    md = (out / "report.md").read_text()
+    assert table2_row(md, "SimAOU_norm", "GD")["Average"] == "0.400"   # (0.2 + 0.6) / 2
+    assert table2_row(md, "SimAOU_norm", "LCGD")["Average"] == "0.250"  # (0.4 + 0.1) / 2
+    rows = [line.split(",") for line in (out / "table2.csv").read_text().splitlines()]
+    avg = next(r for r in rows if r[:3] == ["simaou_norm", "gd", "average"])
+    assert float(avg[4]) == pytest.approx(0.4) and avg[3] == "2"
+
+
+def test_average_weights_tasks_not_runs_and_marks_missing_tasks(tmp_path: Path):
+    run_dir = new_run(tmp_path)
+    write_cell(run_dir, make_cell("sst2", "trained", "gd", 2, 0, simaou_norm=0.2))
+    for (seed, perm), v in zip(RUNS, (0.4, 0.5, 0.6)):
+        write_cell(run_dir, make_cell("subj", "trained", "gd", seed, perm, simaou_norm=v))
+    write_cell(run_dir, make_cell("subj", "trained", "lcgd", 4, 0, simaou_norm=0.5))
+    md = write_report(run_dir, plots=False).read_text()
+    assert table2_row(md, "SimAOU_norm", "GD")["Average"] == "0.350"  # (0.2 + 0.5) / 2, not 1.7 / 4
+    assert table2_row(md, "SimAOU_norm", "LCGD")["Average"] == "0.500*"
+
+
+def test_paper_tables_are_shown_with_their_bolding(run_dir: Path):
+    md = write_report(run_dir, plots=False).read_text()
+    paper = first_table(section(md, "Paper (P4 Table 2"))
+    header = paper[0]
+    rows = {(r[0], r[1]): dict(zip(header, r)) for r in paper[1:]}
+    assert rows[("SimAOU", "GD")]["AGNews"] == "**0.18 ± 0.03**"
+    assert rows[("SimAOU", "LCGD")]["AGNews"] == "0.13 ± 0.01"
+    assert rows[("SimAOU_norm", "GD")]["Average"] == "0.187"
+    assert rows[("SimAM", "GD")]["CB"] == "**0.20 ± 0.03**"
+    paper1 = first_table(section(md, "Paper (P4 Table 1"))
+    assert any(r[1] == "No Training" for r in paper1)
+    assert "0.04 ± 0.01 ⚑" in section(md, "Paper (P4 Table 1")
+
+
+def test_paper_table2_averages_match_its_cells():
+    for key, by_task in report.PAPER_TABLE2.items():
+        mean = np.mean([by_task[t][0] for t in report.PAPER_TASKS])
+        assert mean == pytest.approx(report.PAPER_TABLE2_AVG[key], abs=0.0015), key
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+
+def test_table1_has_rows_for_present_variants_only(run_dir: Path):
+    md = write_report(run_dir, plots=False).read_text()
+    rows = first_table(section(md, "## Table 1"))
+    assert rows[0] == ["metric", "model", "SST2", "Subj"]
+    assert [(r[0], r[1]) for r in rows[1:]] == [
+        ("SimAOU", "Trained"), ("SimAOU", "Trained Embeddings"),
+        ("SimAM_Δ", "Trained"), ("SimAM_Δ", "Trained Embeddings"),
+        ("SimAOU_norm", "Trained"), ("SimAOU_norm", "Trained Embeddings"),
+    ]
+    by = {(r[0], r[1]): r for r in rows[1:]}
+    assert by[("SimAOU", "Trained")][2] == "**0.50 ± 0.00**"          # GD trained 0.5 > TE 0.3
+    assert by[("SimAM_Δ", "Trained Embeddings")][2] == "0.05 ± 0.00"  # trained 0.1 is higher
+
+
+def test_table1_underlines_close_top_two():
+    assert report.close_top_two({"a": 0.064, "b": 0.07, "c": 0.01}) == {"a": True, "b": True, "c": False}
+    assert report.close_top_two({"a": 0.05, "b": 0.09}) == {"a": False, "b": False}
+
+
+def test_table1_without_gd_cells(tmp_path: Path):
+    run_dir = new_run(tmp_path)
+    write_cell(run_dir, make_cell("sst2", "trained", "lcgd", 2, 0))
+    md = write_report(run_dir, plots=False).read_text()
+    assert "No GD cells." in section(md, "## Table 1")
+
+
+# ----------------------------------------------------------------------------- bad cells
+
+
+def _bad_cell(kind: str) -> tuple[str, str]:
+    """(file text, what the report must say) for a cell with outlandish numbers that must not count."""
+    cell = make_cell("sst2", "trained", "gd", 9, 0, simaou_norm=0.99, simaou=0.99, simam=0.99,
+                     simam_delta=0.99, zs=0.0, icl=1.0, ft=1.0)
+    if kind == "truncated":
+        text = json.dumps(cell)
+        return text[: len(text) // 2], "not valid JSON"
+    if kind == "nan":
+        cell["scalar"]["simaou"] = float("nan")
+        return json.dumps(cell), "scalar.simaou"
+    if kind == "wrong_type":
+        cell["per_layer"]["simam"] = "oops"
+        return json.dumps(cell), "per_layer.simam"
+    if kind == "ragged":
+        cell["per_layer"]["simam"] = [0.9] * (N_LAYERS + 1)
+        return json.dumps(cell), "differ in length"
+    if kind == "percent_accuracy":
+        cell["accuracy"]["icl"] = 88.0
+        return json.dumps(cell), "accuracy.icl"
+    path = kind.split(".")
+    obj = cell
+    for part in path[:-1]:
+        obj = obj[part]
+    del obj[path[-1]]
+    return json.dumps(cell), repr(path[-1])
+
+
+BAD_KINDS = ["truncated", "nan", "wrong_type", "ragged", "percent_accuracy", "accuracy", "accuracy.ft", "scalar",
+             "scalar.simam_delta", "per_layer", "per_layer.simaou_norm", "seed", "perm", "task", "method"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_cell_is_listed_and_excluded_everywhere(run_dir: Path, tmp_path: Path, kind: str):
+    clean_out = tmp_path / "clean"
+    write_report(run_dir, clean_out, plots=False)
+    text, reason = _bad_cell(kind)
+    bad = run_dir / "cells" / "sst2" / "trained" / "gd-seed9-perm0.json"
+    bad.write_text(text)
+    cells, problems = load_cells(run_dir)
+    assert [p.path for p in problems] == ["cells/sst2/trained/gd-seed9-perm0.json"]
+    assert reason in problems[0].reason
+    assert all(c.seed != 9 for c in cells)
+    md = write_report(run_dir, tmp_path / "dirty", plots=False).read_text()
+    assert "cells/sst2/trained/gd-seed9-perm0.json" in section(md, "## Problems")
+    assert read_csvs(tmp_path / "dirty") == read_csvs(clean_out)  # no number moved
+    clean_md = (clean_out / "report.md").read_text()
+    for heading in ("## Table 2", "## Table 1", "## Accuracy", "## Random baselines"):
+        assert section(md, heading) == section(clean_md, heading)
+
+
+def test_content_that_disagrees_with_path_is_excluded(run_dir: Path):
+    cell = make_cell("sst2", "trained", "gd", 9, 0)
+    path = cell_path(run_dir, {**cell, "task": "subj"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell))
+    cells, problems = load_cells(run_dir)
+    assert len(problems) == 1 and "task='sst2' but path says 'subj'" in problems[0].reason
+    assert all(c.seed != 9 for c in cells)
+
+
+def test_duplicate_cell_outside_the_grid_is_excluded(run_dir: Path):
+    extra = run_dir / "cells" / "old" / "copy.json"
+    extra.parent.mkdir(parents=True)
+    extra.write_text(json.dumps(make_cell("sst2", "trained", "gd", 2, 0, simaou_norm=0.99)))
+    cells, problems = load_cells(run_dir)
+    assert [p.path for p in problems] == ["cells/sst2/trained/gd-seed2-perm0.json"]
+    assert "duplicate of cells/old/copy.json" in problems[0].reason
+    assert sum(c.run == (2, 0) and c.task == "sst2" and c.method == "gd" and c.variant == "trained"
+               for c in cells) == 1
+
+
+def test_odd_layer_count_is_excluded(run_dir: Path):
+    cell = make_cell("sst2", "trained", "gd", 9, 0)
+    cell["per_layer"] = {k: v + [v[0]] for k, v in cell["per_layer"].items()}
+    write_cell(run_dir, cell)
+    cells, problems = load_cells(run_dir)
+    assert len(problems) == 1 and f"{N_LAYERS + 1} layers" in problems[0].reason
+    assert all(c.n_layers == N_LAYERS for c in cells)
+
+
+def test_missing_run_json_is_reported(run_dir: Path):
+    (run_dir / "run.json").unlink()
+    md = write_report(run_dir, plots=False).read_text()
+    assert "`run.json`: missing" in md
+    assert "model: `tiny-test`" in md  # falls back to the cells
+
+
+def test_null_rec2ftp_is_counted_not_zeroed(tmp_path: Path):
+    run_dir = new_run(tmp_path)
+    write_cell(run_dir, make_cell("sst2", "trained", "gd", 2, 0, rec2ftp=90.0))
+    write_cell(run_dir, make_cell("sst2", "trained", "gd", 3, 1, rec2ftp=70.0))
+    null = make_cell("sst2", "trained", "gd", 4, 2)
+    null["scalar"]["rec2ftp"] = None
+    write_cell(run_dir, null)
+    md = write_report(run_dir, plots=False).read_text()
+    rows = first_table(section(md, "## Accuracy"))
+    row = dict(zip(rows[0], rows[1]))
+    assert row["Rec2FTP (GD)"] == "80.0 ± 14.1 (2/3 runs)"
+    assert row["ZS"] == "50.0 ± 0.0" and row["runs (GD/LCGD)"] == "3/0"
+
+
+# ----------------------------------------------------------------------------- accuracy and baselines
+
+
+def test_accuracy_averages_zs_icl_per_run(tmp_path: Path):
+    run_dir = new_run(tmp_path)
+    write_cell(run_dir, make_cell("sst2", "trained", "gd", 2, 0, zs=0.4, icl=0.9, ft=0.5, k_icl=30))
+    write_cell(run_dir, make_cell("sst2", "trained", "lcgd", 2, 0, zs=0.4, icl=0.9, ft=0.7, k_icl=30))
+    write_cell(run_dir, make_cell("sst2", "trained", "gd", 3, 1, zs=0.6, icl=0.7, ft=0.6, k_icl=32))
+    md = write_report(run_dir, plots=False).read_text()
+    rows = first_table(section(md, "## Accuracy"))
+    row = dict(zip(rows[0], rows[1]))
+    assert row["ZS"] == "50.0 ± 14.1"   # runs: 0.4, 0.6 (the LCGD cell does not count twice)
+    assert row["ICL"] == "80.0 ± 14.1"
+    assert row["FT (GD)"] == "55.0 ± 7.1" and row["FT (LCGD)"] == "70.0 ± —"
+    assert row["k_icl"] == "30–32"
+
+
+def test_random_baselines_row(run_dir: Path):
+    md = write_report(run_dir, plots=False).read_text()
+    rows = first_table(section(md, "## Random baselines"))
+    by = {r[0]: r for r in rows[1:]}
+    assert by["Random SimAOU U[0,1), Trained"][1:] == ["0.002 ± 0.000", "0.002 ± 0.000", "0.002"]
+    assert by["Random SimAOU Gaussian, Trained"][1] == "0.000 ± 0.000"
+    assert by["Random SimAOU U[0,1), paper (authors' files)"][1:] == ["0.002", "0.002", "0.002"]
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000 and data.startswith(PNG_MAGIC), path
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_pngs_are_written_and_linked(run_dir: Path):
+    out = write_report(run_dir).parent
+    md = (out / "report.md").read_text()
+    names = ["fig3_per_layer.png", "fig3_vs_paper.png", "per_layer_sst2.png", "per_layer_subj.png",
+             "fig2_alpha.png", "fig4_grad_norms_subj.png"]
+    for name in names:
+        assert_png(out / name)
+        assert f"]({name})" in md
+    alpha = (out / "alpha.csv").read_text().splitlines()
+    assert alpha[0] == "task,n,mean,std"
+    task, n, mean, std = alpha[1].split(",")
+    assert (task, n) == ("subj", "3") and float(mean) == pytest.approx(0.25) and float(std) == pytest.approx(0.05)
+
+
+def test_figures_are_skipped_without_alpha_or_grad_norms(tmp_path: Path):
+    run_dir = new_run(tmp_path)
+    write_cell(run_dir, make_cell("sst2", "trained", "gd", 2, 0))
+    out = write_report(run_dir).parent
+    md = (out / "report.md").read_text()
+    assert "No cell carries α" in md and "No cell carries grad_norms." in md
+    assert not (out / "fig2_alpha.png").exists()
+    assert_png(out / "fig3_per_layer.png")
+
+
+def test_grad_norm_task_falls_back_to_first_with_norms(run_dir: Path, tmp_path: Path):
+    chosen, gd, lcgd = report.grad_norm_cells(load_cells(run_dir)[0], "sst2")
+    assert chosen == "subj" and gd.run == (2, 0) and lcgd.method == "lcgd"
+    assert_png(report.plot_grad_norms(None, lcgd, tmp_path / "lcgd_only.png"))
+
+
+def test_alpha_in_alpha_metrics_layout_is_read():
+    cell = make_cell("sst2", "trained", "lcgd", 2, 0)
+    cell["alpha"] = {"per_layer": {"alpha": [0.1, 0.2, 0.3, 0.4]}, "scalar": {"alpha": 0.25}}
+    parsed = report.parse_cell(cell, "x.json")
+    assert parsed.alpha == 0.25 and parsed.alpha_per_layer == (0.1, 0.2, 0.3, 0.4)
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_output_is_deterministic(run_dir: Path, tmp_path: Path):
+    a = write_report(run_dir, tmp_path / "a")
+    b = write_report(run_dir, tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert read_csvs(a.parent) == read_csvs(b.parent) and len(read_csvs(a.parent)) == 7
+    pngs = sorted(p.name for p in a.parent.glob("*.png"))
+    assert pngs and all((a.parent / n).read_bytes() == (b.parent / n).read_bytes() for n in pngs)
+
+
+def test_output_does_not_depend_on_file_creation_order(run_dir: Path, tmp_path: Path):
+    copy_dir = tmp_path / "copy" / run_dir.name
+    files = sorted((run_dir / "cells").glob("**/*.json"), reverse=True)
+    (copy_dir / "cells").mkdir(parents=True)
+    shutil.copy(run_dir / "run.json", copy_dir / "run.json")
+    for f in files:
+        target = copy_dir / f.relative_to(run_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())
+    a = write_report(run_dir, tmp_path / "a", plots=False)
+    b = write_report(copy_dir, tmp_path / "b", plots=False)
+    assert a.read_bytes() == b.read_bytes()
+    assert read_csvs(a.parent) == read_csvs(b.parent)
+
+
+def test_default_out_dir(run_dir: Path):
+    path = write_report(run_dir, plots=False)
+    assert path == run_dir / "report" / "report.md"
+    assert not list(path.parent.glob("*.png")) and "Not drawn (plots=False)." in path.read_text()
+    cells, problems = load_cells(run_dir)
+    assert problems == [] and len(cells) == 18  # the report folder is not read back as cells
+
+
+def test_make_cell_is_schema_valid():
+    cell = make_cell("sst2", "trained", "gd", 2, 0)
+    parsed = report.parse_cell(copy.deepcopy(cell), "cells/sst2/trained/gd-seed2-perm0.json")
+    assert parsed.value("simaou_norm") == pytest.approx(0.2) and parsed.scalar["rec2ftp"] == 80.0
