@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> None:
             raise JaxiclError(f"--perms has {len(perms)} values for {len(seeds)} seeds")
         runs = tuple(zip(seeds, perms))
     config = RunConfig(
-        model=args.model, tasks=_csv(args.tasks), runs=runs, methods=_csv(args.methods),
+        model=args.model, tasks=_csv(args.tasks), runs=runs, n_runs=args.n_runs, methods=_csv(args.methods),
         variants=_csv(args.variants), k=args.k, n_eval=args.n_eval, max_len=args.max_len,
         batch_size=args.batch_size, data_dir=args.data_dir,
     )  # fmt: skip
@@ -101,8 +101,12 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from jaxicl.report import write_report
 
+    if not (Path(args.run_dir) / "cells").is_dir():
+        raise JaxiclError(f"{args.run_dir} is not a run directory (no cells/ in it); create one with `jaxicl run`")
     path = write_report(args.run_dir, args.out)
     print(f"wrote {path}")
 
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--tasks", default="sst2,sst5,mr,subj,agnews,cb")
     rn.add_argument("--seeds", default=None, help="comma-separated seeds (default: each task's paper seeds)")
     rn.add_argument("--perms", default=None, help="permutation index per seed (default: 0, 1, 2, ...)")
+    rn.add_argument("--n-runs", type=int, default=None, help="only the first N (seed, perm) runs of each task")
     rn.add_argument("--methods", default="gd,lcgd")
     rn.add_argument("--variants", default="trained",
                     help="trained,trained-embeddings,no-training,no-training-keep-norms")

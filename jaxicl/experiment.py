@@ -8,7 +8,8 @@ prompts and the zero-shot and ICL evaluations; those records are kept in `evals/
     RUN_DIR/provenance.json                            package versions and machine
     RUN_DIR/evals/<task>/<variant>/seed<S>-perm<P>/{zs,icl}.npz, <method>-ft.npz
     RUN_DIR/checkpoints/<task>/<variant>/<method>-seed<S>-perm<P>/
-    RUN_DIR/cells/<task>/<variant>/<method>-seed<S>-perm<P>.json
+    RUN_DIR/cells/<task>/<variant>/<method>-seed<S>-perm<P>.json   (deterministic: no wall times)
+    RUN_DIR/seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json time per stage of that cell
 
 Every file is written atomically (temp file + rename), so an interrupt loses at most the cell in
 progress and never leaves a partial file; rerunning the same command skips finished cells.
@@ -45,6 +46,7 @@ class RunConfig:
     model: str = "gemma3-270m"
     tasks: tuple[str, ...] = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
     runs: tuple[tuple[int, int], ...] | None = None  # (seed, perm) pairs; None: each task's paper runs
+    n_runs: int | None = None  # keep only the first n of those runs
     methods: tuple[str, ...] = METHODS
     variants: tuple[str, ...] = ("trained",)
     k: int = 32
@@ -88,7 +90,7 @@ def cells_of(config: RunConfig) -> list[Cell]:
     for task_name in config.tasks:
         task = get_task(task_name)
         for variant in config.variants:
-            for seed, perm in config.runs or task.runs:
+            for seed, perm in (config.runs or task.runs)[: config.n_runs]:
                 out += [Cell(task.name, variant, seed, perm, m) for m in config.methods]
     return out
 
@@ -249,11 +251,11 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
             "losses": result.losses.tolist(),
             "demo_indices": list(prompts.demo_indices), "format": prompts.format.to_dict(),
             "config": config.to_json(), "versions": versions(),
-            "seconds": {k: round(v, 3) for k, v in watch.seconds.items()},
         }  # fmt: skip
         if cell.method == "lcgd" and "gd" in ft_results:
             a = metrics.alpha_metrics(zs, ft_results["lcgd"], ft_results["gd"])
             record["alpha"] = {"per_layer": a["per_layer"]["alpha"], "scalar": a["scalar"]["alpha"]}
+        write_json_atomic(run_dir / "seconds" / cell.relpath().relative_to("cells"), dict(watch.seconds))
         written.append(write_json_atomic(run_dir / cell.relpath(), record))
     return written
 

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxicl.api import bucket, check_ids
+from jaxicl.errors import InputError
 from jaxicl.models.config import ModelConfig
-from jaxicl.models.transformer import KVCache, forward
+from jaxicl.models.transformer import TAP_NAMES, KVCache, forward
 
 Ids = Sequence[int]
 RECORD_TAPS = ("attn_out", "attn_scores", "resid_post")
@@ -128,18 +129,14 @@ def evaluate(
 ) -> EvalResult:
     """Score every query after `prefix` (BOS + demonstrations, or just BOS for zero-shot)."""
     n, n_classes = len(queries), len(candidates)
-    longest = len(prefix) + max(len(q) for q in queries) + max(len(c) for c in candidates)
-    check_ids(config, list(prefix) + [0] * (longest - len(prefix)), what="longest prompt")
-    for i, q in enumerate(queries):
-        check_ids(config, q, what=f"query {i}")
-    for c, cand in enumerate(candidates):
-        check_ids(config, cand, what=f"candidate {c}")
+    _check_inputs(config, prefix, queries, candidates, options)
 
     cache = None
     if len(prefix):
         cache = prefix_cache(params, config, *map(jnp.asarray, _pad_prefix(prefix, 64)))
 
     rows = _rows(queries, candidates, options.probe)
+    n_pos = max(len(row.score_pos) for row in rows)  # one scored-positions width per run: fewer compiles
     scores = np.zeros((n, n_classes), np.float64)
     records: dict[str, list] = {name: [None] * n for name in options.records}
     map_lengths = np.zeros(n, np.int64)
@@ -151,7 +148,7 @@ def evaluate(
     for length, group in sorted(by_length.items()):
         for start in range(0, len(group), options.batch_size):
             batch = group[start : start + options.batch_size]
-            arrays = _batch_arrays(batch, length, options.batch_size)
+            arrays = _batch_arrays(batch, length, options.batch_size, n_pos)
             got_scores, got_records = score_rows(params, config, taps, cache, *map(jnp.asarray, arrays))
             got_scores = np.asarray(got_scores, np.float64)
             got_records = {k: np.asarray(v) for k, v in got_records.items()}
@@ -176,10 +173,43 @@ def evaluate(
     )
 
 
-def _batch_arrays(batch: list[_Row], length: int, size: int) -> tuple[np.ndarray, ...]:
-    """Right-padded arrays for a batch; missing rows (last batch) repeat row 0 and are ignored."""
+def _check_inputs(
+    config: ModelConfig, prefix: Ids, queries: Sequence[Ids], candidates: Sequence[Ids], options: EvalOptions
+) -> None:
+    """Refuse, naming the culprit, what would otherwise fail deep inside jit or silently mis-score."""
+    if options.probe not in ("label", "last"):
+        raise InputError(f"probe must be 'label' or 'last', got {options.probe!r}")
+    unknown = sorted(set(options.records) - set(TAP_NAMES))
+    if unknown:
+        raise InputError(f"unknown record name(s) {unknown}; known: {list(TAP_NAMES)}")
+    for key in ("batch_size", "length_multiple"):
+        value = getattr(options, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{key} must be a positive integer, got {value!r}")
+    if not len(queries):
+        raise InputError("no queries to evaluate")
+    if not len(candidates):
+        raise InputError("no candidates to score")
+    if len(prefix):
+        check_ids(config, prefix, what="prefix")
+    for i, q in enumerate(queries):
+        check_ids(config, q, what=f"query {i}")
+    for c, cand in enumerate(candidates):
+        check_ids(config, cand, what=f"candidate {c}")
+    tail = max(len(c) for c in candidates)
+    for i, q in enumerate(queries):
+        total = len(prefix) + len(q) + tail
+        if total > config.max_positions:
+            raise InputError(
+                f"query {i}: its prompt has {total} tokens (prefix {len(prefix)} + query {len(q)} + longest "
+                f"candidate {tail}), more than the model's context window of {config.max_positions}"
+            )
+
+
+def _batch_arrays(batch: list[_Row], length: int, size: int, p: int) -> tuple[np.ndarray, ...]:
+    """Right-padded arrays for a batch (p scored positions per row, unused ones masked out);
+    missing rows (last batch) repeat row 0 and are ignored."""
     batch = batch + [batch[0]] * (size - len(batch))
-    p = max(len(r.score_pos) for r in batch)
     c = len(batch[0].score_tok[0])
     ids = np.zeros((size, length), np.int32)
     valid = np.zeros((size, length), bool)

@@ -209,11 +209,11 @@ def forward(
             (gc, gs), (lc, ls) = rope
             cos_sin = (jnp.where(local, lc, gc), jnp.where(local, ls, gs))
         mask = jnp.where(local, local_mask, causal)
-        x, new_kv, block_rec = _block(
+        out, new_kv, block_rec = _block(
             config, p, x, cos_sin=cos_sin, mask=mask, cache_kv=kv, taps=taps, tap_at=tap_at
         )
         rec.update(block_rec)
-        return x, (new_kv, rec)
+        return out.astype(x.dtype), (new_kv, rec)  # mixed-precision params keep the carry's dtype
 
     x, ((k_new, v_new), recs) = jax.lax.scan(step, x, (params["blocks"], is_local, layer_index, cache_kv))
 
