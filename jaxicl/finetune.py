@@ -1,0 +1,532 @@
+"""GD and LCGD on the demonstrations (paper-spec §4, §5): optax SGD through a parameter mask.
+
+Protocol (the authors' code): one demonstration per step, one epoch, the demonstrations ICL saw
+in the order ICL saw them; sequence = [BOS] + input + label; loss = mean next-token cross-entropy
+over every target after BOS (option: label tokens only); SGD without momentum or weight decay at
+the task's learning rate; only the attention keys/values are stepped, but gradients flow through
+every layer. LCGD adds `stop_gradient` on every block input and sums the losses of every layer's
+readout U(block output) (the last one is the normal output, counted once).
+
+Each step is one jitted function of (trainable, optimizer state, frozen, demonstration); lengths
+are padded to multiples of `length_multiple` so a run compiles a handful of shapes. The steps of
+several demonstration sets (a task's seeds) can run at once under `jax.vmap` (`finetune_many`).
+A non-finite loss or gradient stops the run with TrainingError; nothing is returned or saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Literal, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxicl import transforms as T
+from jaxicl.api import bucket, check_ids
+from jaxicl.data.prompts import PromptSet
+from jaxicl.data.tasks import Task
+from jaxicl.errors import TrainingError
+from jaxicl.icl import EvalOptions, EvalResult, evaluate
+from jaxicl.io import checkpoint
+from jaxicl.models.config import ModelConfig
+
+Array = jax.Array
+Ids = Sequence[int]
+
+
+# --- objectives ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What the loss reads and where gradients may flow.
+
+    readout: "output" (the model's own logits: vanilla GD) or a per-layer readout U of each
+      block output ("block", the authors' LCGD) or each attention output ("attn", the paper's).
+    causal: stop_gradient on the input of every block (True) or of the listed blocks.
+    readout_layers: per-layer losses of these layers only (None: all).
+    layer_reduction: how per-layer losses combine ("sum": the authors' code; "mean").
+    """
+
+    readout: Literal["output", "block", "attn"] = "output"
+    causal: bool | tuple[int, ...] = False
+    readout_layers: tuple[int, ...] | None = None
+    layer_reduction: Literal["sum", "mean"] = "sum"
+
+    def __post_init__(self):
+        for name in ("causal", "readout_layers"):  # any iterable of layers -> a hashable tuple
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                object.__setattr__(self, name, tuple(int(i) for i in value))
+        if self.readout not in ("output", *T.READOUT_TAPS):
+            raise ValueError(f"readout must be 'output', 'block' or 'attn', got {self.readout!r}")
+        if self.layer_reduction not in ("sum", "mean"):
+            raise ValueError(f"layer_reduction must be 'sum' or 'mean', got {self.layer_reduction!r}")
+        if self.readout_layers is not None and self.readout == "output":
+            raise ValueError("readout_layers needs a per-layer readout ('block' or 'attn')")
+
+    def block_input_transform(self):
+        if self.causal is False:
+            return None
+        return T.stop_gradient_inputs(None if self.causal is True else self.causal)
+
+
+GD = Objective()
+LCGD = Objective(readout="block", causal=True)
+METHODS = {"gd": GD, "lcgd": LCGD}
+
+
+@flax.struct.dataclass
+class DemoBatch:
+    """Padded demonstrations [B, T]: ids, valid (False on padding), next-token targets and loss
+    weights (1 on the tokens whose prediction counts)."""
+
+    ids: Array
+    valid: Array
+    targets: Array
+    weights: Array
+
+
+def objective_loss(params: dict, config: ModelConfig, objective: Objective, batch: DemoBatch) -> tuple[Array, Array]:
+    """(loss, per-layer losses [L'] — or [1] for the output readout) of a batch of demonstrations.
+    The output readout is U applied to the last block's output, i.e. the model's own logits."""
+    transform = objective.block_input_transform()
+    readout = "block" if objective.readout == "output" else objective.readout
+    states = T.block_states(
+        params, config, batch.ids, readout=readout, valid=batch.valid, block_input_transform=transform
+    )
+    if objective.readout == "output":
+        states = states[-1:]
+    elif objective.readout_layers is not None:
+        states = states[jnp.asarray(objective.readout_layers)]
+    per_layer = T.readout_losses(params, config, states, batch.targets, batch.weights)
+    loss = per_layer.sum() if objective.layer_reduction == "sum" else per_layer.mean()
+    return loss, per_layer
+
+
+# --- options -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneOptions:
+    """Finetuning settings; defaults follow the authors' code except fp32 (they ran fp16).
+
+    length_multiple: demonstrations are padded up to a multiple of it; each step's cost grows with
+    the padded length, each new length costs a compilation (SST-2 on Gemma: 8..38 tokens, so 16
+    gives 3 shapes and wastes far less than 32; accelerators favour larger multiples).
+    all_grad_norms: also record each block's gradient norm over all its parameters (the authors'
+    Fig. 4 logging); costs the weight gradients of every block (not of the embeddings)."""
+
+    lr: float
+    objective: Objective = GD
+    loss_tokens: Literal["all", "label"] = "all"
+    clip_norm: float | None = None
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    length_multiple: int = 16
+    all_grad_norms: bool = True
+
+    def __post_init__(self):
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        if self.loss_tokens not in ("all", "label"):
+            raise ValueError(f"loss_tokens must be 'all' or 'label', got {self.loss_tokens!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.length_multiple < 1:
+            raise ValueError(f"length_multiple must be >= 1, got {self.length_multiple}")
+
+    @classmethod
+    def for_task(cls, task: Task, method: str = "gd", **changes) -> "FinetuneOptions":
+        """The paper's settings for a task (its learning rate, paper-spec §3.2) and method."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
+        if task.lr is None:
+            raise TrainingError(f"task {task.name!r} has no learning rate; pass lr explicitly")
+        return cls(**({"lr": task.lr, "objective": METHODS[method]} | changes))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """The static part of a step (the learning rate is traced, so tasks share compilations)."""
+
+    objective: Objective
+    clip_norm: float | None
+    compute_dtype: str
+    all_grad_norms: bool
+
+    @classmethod
+    def of(cls, options: FinetuneOptions) -> "StepSpec":
+        return cls(options.objective, options.clip_norm, options.compute_dtype, options.all_grad_norms)
+
+
+def optimizer(spec: StepSpec, lr) -> optax.GradientTransformation:
+    """optax SGD (clipped by global norm if asked) applied to the masked gradient."""
+    sgd = optax.sgd(lr)  # momentum None, no weight decay: fairseq's sgd defaults
+    return optax.chain(optax.clip_by_global_norm(spec.clip_norm), sgd) if spec.clip_norm else sgd
+
+
+# --- the step ------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class StepStats:
+    loss: Array  # scalar, before the update
+    layer_losses: Array  # [L'] per-layer readout losses ([1] for the output readout)
+    kv_grad_norms: Array  # [L] l2 norm of the stepped (masked: k/v by default) gradient per block
+    grad_norms: Array  # [L] l2 norm over all of a block's parameters (NaN if not recorded)
+
+
+def _layer_norms(grads: dict, n_layers: int) -> Array:
+    flat = T.flatten(grads)
+    total = jnp.zeros((n_layers,), jnp.float32)
+    for path, g in flat.items():
+        if path.startswith("blocks/"):
+            total = total + jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(n_layers, -1), axis=1)
+    return jnp.sqrt(total)
+
+
+def _step_impl(trainable, opt_state, frozen, batch, lr, active, *, config, spec, mask):
+    params = T.merge_params(trainable, frozen)
+    paths = set(mask.paths)
+    if spec.all_grad_norms:
+        paths |= {p for p in T.flatten(params) if p.startswith("blocks/")}
+    diff, rest = T.split_params(params, paths)
+    dtype = jnp.dtype(spec.compute_dtype)
+
+    def loss_fn(diff):
+        full = jax.tree.map(lambda x: x.astype(dtype), T.merge_params(diff, rest))
+        return objective_loss(full, config, spec.objective, batch)
+
+    (loss, layer_losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(diff)
+    stepped = mask.apply(grads)
+    masked_norms = _layer_norms(stepped, config.n_layers)
+    all_norms = (
+        _layer_norms(grads, config.n_layers) if spec.all_grad_norms else jnp.full((config.n_layers,), jnp.nan)
+    )
+    updates, new_opt_state = optimizer(spec, lr).update(stepped, opt_state, trainable)
+    new = mask.where(optax.apply_updates(trainable, updates), trainable)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)  # noqa: E731
+    stats = StepStats(loss, layer_losses, masked_norms, all_norms)
+    return keep(new, trainable), keep(new_opt_state, opt_state), stats
+
+
+_STATIC = ("config", "spec", "mask")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def train_step(trainable, opt_state, frozen, batch, lr, active, *, config, spec, mask):
+    """One SGD step on a padded demonstration batch [1, T] -> (trainable, opt_state, StepStats).
+
+    trainable/frozen: `transforms.split_params(params, mask.paths)` (frozen may be in the compute
+    dtype already); lr: traced scalar; active=False computes the step but keeps the old params."""
+    return _step_impl(trainable, opt_state, frozen, batch, lr, active, config=config, spec=spec, mask=mask)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def train_step_many(trainable, opt_state, frozen, batch, lr, active, *, config, spec, mask):
+    """`train_step` vmapped over a leading axis of trainable, opt_state, batch and active."""
+    step = functools.partial(_step_impl, config=config, spec=spec, mask=mask)
+    return jax.vmap(lambda t, s, b, a: step(t, s, frozen, b, lr, a))(trainable, opt_state, batch, active)
+
+
+# --- demonstrations ------------------------------------------------------------------------------
+
+
+def demo_arrays(
+    sequence: Ids, label_start: int | None, loss_tokens: str, length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, valid, targets, weights), each [length], of one demonstration: targets[t] = ids[t+1];
+    weights 1 on every target after BOS ("all") or on the label tokens only ("label")."""
+    n = len(sequence)
+    ids = np.zeros(length, np.int32)
+    valid = np.zeros(length, bool)
+    targets = np.zeros(length, np.int32)
+    weights = np.zeros(length, np.float32)
+    ids[:n] = sequence
+    valid[:n] = True
+    targets[: n - 1] = sequence[1:]
+    first = 0 if loss_tokens == "all" else label_start - 1
+    weights[first : n - 1] = 1.0
+    return ids, valid, targets, weights
+
+
+def demo_batch(
+    sequence: Ids, *, label_start: int | None = None, loss_tokens: str = "all", length_multiple: int = 16
+) -> DemoBatch:
+    """One demonstration as a [1, T] batch, T its length rounded up to `length_multiple`."""
+    return _batch([demo_arrays(sequence, label_start, loss_tokens, bucket(len(sequence), length_multiple))])
+
+
+def _check_demos(config: ModelConfig, sequences: Sequence[Ids], label_starts, options) -> list[tuple[int, ...]]:
+    if not len(sequences):
+        raise TrainingError("no demonstrations to finetune on")
+    seqs = []
+    for i, seq in enumerate(sequences):
+        check_ids(config, seq, what=f"demonstration {i}")
+        if len(seq) < 2:
+            raise TrainingError(f"demonstration {i} has {len(seq)} token(s); a loss needs at least 2")
+        seqs.append(tuple(int(t) for t in seq))
+    if options.loss_tokens == "label":
+        if label_starts is None or len(label_starts) != len(seqs):
+            raise TrainingError("loss_tokens='label' needs one label start per demonstration")
+        for i, (seq, start) in enumerate(zip(seqs, label_starts)):
+            if not 1 <= start < len(seq):
+                raise TrainingError(f"demonstration {i}: label start {start} outside [1, {len(seq)})")
+    return seqs
+
+
+def _length(config: ModelConfig, n: int, options: FinetuneOptions) -> int:
+    return min(bucket(n, options.length_multiple), max(config.max_positions, n))
+
+
+def _compute_copy(frozen: dict, options: FinetuneOptions) -> dict:
+    """The never-stepped params in the compute dtype, cast once instead of at every step."""
+    dtype = jnp.dtype(options.compute_dtype)
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen)
+
+
+def _batch(arrays: Sequence[tuple[np.ndarray, ...]]) -> DemoBatch:
+    """Stack per-demonstration arrays along a new leading axis ([B, T])."""
+    return DemoBatch(*(jnp.asarray(np.stack(a)) for a in zip(*arrays)))
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+    params: dict  # the full finetuned params
+    losses: np.ndarray  # [n_steps] loss at each step, before its update
+    layer_losses: np.ndarray  # [n_steps, L'] per-layer readout losses ([n_steps, 1] for GD)
+    kv_grad_norms: np.ndarray  # [n_steps, L] norm of the stepped (masked: k/v by default) gradient
+    grad_norms: np.ndarray  # [n_steps, L] norm over all params of each block (NaN if off)
+    seconds: float
+
+    def records(self) -> dict[str, np.ndarray]:
+        return {
+            "losses": self.losses,
+            "layer_losses": self.layer_losses,
+            "kv_grad_norms": self.kv_grad_norms,
+            "grad_norms": self.grad_norms,
+        }
+
+
+def _diverged(stats_row: dict) -> str | None:
+    if not np.isfinite(stats_row["loss"]):
+        return f"loss {stats_row['loss']}"
+    if not np.all(np.isfinite(stats_row["kv_grad_norms"])):
+        return "non-finite gradient"
+    return None
+
+
+def _name(step: int, demo_names: Sequence | None) -> str:
+    return f"demonstration {step}" + (f" ({demo_names[step]})" if demo_names is not None else "")
+
+
+def finetune(
+    params: dict,
+    config: ModelConfig,
+    sequences: Sequence[Ids],
+    options: FinetuneOptions,
+    *,
+    label_starts: Sequence[int] | None = None,
+    mask: T.ParamMask | None = None,
+    demo_names: Sequence | None = None,
+) -> FinetuneResult:
+    """Finetune on `sequences` ([BOS] + input + label ids), one step per demonstration, in order.
+
+    mask: what is stepped (default: keys/values of every layer). demo_names: how errors name a
+    demonstration (e.g. its dataset index). Raises TrainingError on a non-finite loss/gradient."""
+    mask = mask or T.kv_mask(config)
+    seqs = _check_demos(config, sequences, label_starts, options)
+    spec = StepSpec.of(options)
+    trainable, frozen = T.split_params(params, mask.paths)
+    frozen_c = _compute_copy(frozen, options)
+    opt_state = optimizer(spec, options.lr).init(trainable)
+    lr = jnp.float32(options.lr)
+    rows = []
+    start = time.perf_counter()
+    for i, seq in enumerate(seqs):
+        ls = None if label_starts is None else label_starts[i]
+        batch = _batch([demo_arrays(seq, ls, options.loss_tokens, _length(config, len(seq), options))])
+        trainable, opt_state, stats = train_step(
+            trainable, opt_state, frozen_c, batch, lr, True, config=config, spec=spec, mask=mask
+        )
+        row = {k: np.asarray(v) for k, v in dataclasses.asdict(stats).items()}
+        why = _diverged(row)
+        if why:
+            raise TrainingError(f"finetuning diverged at step {i} on {_name(i, demo_names)}: {why}")
+        rows.append(row)
+    jax.block_until_ready(trainable)
+    return _result(T.merge_params(trainable, frozen), rows, time.perf_counter() - start)
+
+
+def _result(params: dict, rows: list[dict], seconds: float) -> FinetuneResult:
+    return FinetuneResult(
+        params=params,
+        losses=np.array([r["loss"] for r in rows], np.float32),
+        layer_losses=np.stack([r["layer_losses"] for r in rows]).astype(np.float32),
+        kv_grad_norms=np.stack([r["kv_grad_norms"] for r in rows]).astype(np.float32),
+        grad_norms=np.stack([r["grad_norms"] for r in rows]).astype(np.float32),
+        seconds=seconds,
+    )
+
+
+def finetune_many(
+    params: dict,
+    config: ModelConfig,
+    sequence_sets: Sequence[Sequence[Ids]],
+    options: FinetuneOptions,
+    *,
+    label_starts_sets: Sequence[Sequence[int]] | None = None,
+    mask: T.ParamMask | None = None,
+    max_parallel: int | None = None,
+) -> list[FinetuneResult]:
+    """`finetune` of several demonstration sets (e.g. a task's seeds) from the same params, their
+    steps run together under `jax.vmap` (`max_parallel` sets at a time, to bound memory).
+
+    Step i of every set runs at once, each padded to the longest bucket among them; a set with
+    fewer demonstrations idles (its step is computed and discarded). Results equal one-by-one
+    runs up to float rounding of the padded/batched kernels (tests/test_finetune.py)."""
+    mask = mask or T.kv_mask(config)
+    n_sets = len(sequence_sets)
+    chunk = max_parallel or n_sets
+    if chunk < n_sets:
+        out = []
+        for lo in range(0, n_sets, chunk):
+            sub = None if label_starts_sets is None else label_starts_sets[lo : lo + chunk]
+            out += finetune_many(
+                params, config, sequence_sets[lo : lo + chunk], options, label_starts_sets=sub, mask=mask
+            )
+        return out
+    sets = [
+        _check_demos(config, seqs, None if label_starts_sets is None else label_starts_sets[s], options)
+        for s, seqs in enumerate(sequence_sets)
+    ]
+    spec = StepSpec.of(options)
+    one, frozen = T.split_params(params, mask.paths)
+    frozen_c = _compute_copy(frozen, options)
+    stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (n_sets,) + x.shape), tree)  # noqa: E731
+    trainable = stack(one)
+    opt_state = stack(optimizer(spec, options.lr).init(one))
+    lr = jnp.float32(options.lr)
+    rows: list[list[dict]] = [[] for _ in sets]
+    start = time.perf_counter()
+    for i in range(max(map(len, sets))):
+        active = [i < len(seqs) for seqs in sets]
+        length = max(_length(config, len(seqs[i]), options) for seqs in sets if i < len(seqs))
+        arrays = []
+        busy = active.index(True)  # an idle set computes a step of a busy one, discarded
+        for s in range(n_sets):
+            src = s if active[s] else busy
+            ls = None if label_starts_sets is None else label_starts_sets[src][i]
+            arrays.append(demo_arrays(sets[src][i], ls, options.loss_tokens, length))
+        batch = jax.tree.map(lambda x: x[:, None], _batch(arrays))  # [S, 1, T]
+        trainable, opt_state, stats = train_step_many(
+            trainable, opt_state, frozen_c, batch, lr, jnp.asarray(active), config=config, spec=spec, mask=mask
+        )
+        got = {k: np.asarray(v) for k, v in dataclasses.asdict(stats).items()}
+        for s in range(n_sets):
+            if not active[s]:
+                continue
+            row = {k: v[s] for k, v in got.items()}
+            why = _diverged(row)
+            if why:
+                raise TrainingError(f"finetuning diverged in set {s} at step {i} on demonstration {i}: {why}")
+            rows[s].append(row)
+    jax.block_until_ready(trainable)
+    seconds = time.perf_counter() - start
+    return [
+        _result(T.merge_params(jax.tree.map(lambda x: x[s], trainable), frozen), rows[s], seconds)
+        for s in range(n_sets)
+    ]
+
+
+def finetune_prompts(
+    params: dict, config: ModelConfig, prompts: PromptSet, options: FinetuneOptions, *, mask: T.ParamMask | None = None
+) -> FinetuneResult:
+    """`finetune` on the demonstrations ICL saw (`prompts.ft_sequences`), in ICL order."""
+    names = [f"dataset index {i}" for i in prompts.demo_indices]
+    return finetune(
+        params, config, prompts.ft_sequences, options,
+        label_starts=prompts.ft_label_starts, mask=mask, demo_names=names,
+    )  # fmt: skip
+
+
+# --- resumable runs and evaluation --------------------------------------------------------------
+
+
+def run_key(
+    config: ModelConfig,
+    sequences: Sequence[Ids],
+    options: FinetuneOptions,
+    mask: T.ParamMask,
+    base: str,
+    label_starts: Sequence[int] | None = None,
+) -> str:
+    """Hash of everything a finetuning result depends on; `base` identifies the starting params."""
+    return checkpoint.fingerprint(
+        {
+            "model": dataclasses.asdict(config),
+            "options": dataclasses.asdict(options),
+            "mask": [list(e) for e in mask.entries],
+            "sequences": [list(map(int, s)) for s in sequences],
+            "label_starts": None if label_starts is None else list(map(int, label_starts)),
+            "base": base,
+        }
+    )
+
+
+def finetune_cached(
+    directory,
+    params: dict,
+    config: ModelConfig,
+    sequences: Sequence[Ids],
+    options: FinetuneOptions,
+    *,
+    label_starts: Sequence[int] | None = None,
+    mask: T.ParamMask | None = None,
+    base: str | None = None,
+    demo_names: Sequence | None = None,
+) -> tuple[FinetuneResult, bool]:
+    """(result, resumed): the saved result of this exact run if `directory` holds one, else
+    finetune and save (only the stepped tensors and the records; the rest is `params`).
+
+    base: identity of the starting params (e.g. "gemma3-270m/trained"); default: a sha256 of
+    every tensor (about a second per GB). A diverged run raises and writes nothing."""
+    mask = mask or T.kv_mask(config)
+    base = base if base is not None else checkpoint.array_fingerprint(params)
+    key = run_key(config, sequences, options, mask, base, label_starts)
+    stepped, rest = T.split_params(params, mask.paths)
+    expect = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stepped)}
+    found = checkpoint.restore(directory, key, expect=expect)
+    if found is not None:
+        tree, meta = found
+        saved = jax.tree.map(jnp.asarray, tree["params"])
+        records = {k: np.asarray(v) for k, v in tree["records"].items()}
+        return FinetuneResult(params=T.merge_params(saved, rest), seconds=meta["seconds"], **records), True
+    result = finetune(
+        params, config, sequences, options, label_starts=label_starts, mask=mask, demo_names=demo_names
+    )
+    tree = {"params": T.split_params(result.params, mask.paths)[0], "records": result.records()}
+    checkpoint.save(directory, tree, key, meta={"seconds": result.seconds, "steps": len(result.losses)})
+    return result, False
+
+
+def evaluate_finetuned(
+    params_ft: dict, config: ModelConfig, prompts: PromptSet, options: EvalOptions | None = None
+) -> EvalResult:
+    """Zero-shot evaluation of finetuned params ("ftzs"): the ICL evaluator with the zero-shot
+    prefix and the same queries, candidates and probe records as the zs and ICL runs."""
+    return evaluate(
+        params_ft, config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids,
+        options or EvalOptions(),
+    )  # fmt: skip

@@ -1,0 +1,287 @@
+"""Small composable transforms of the one forward pass, for GD-vs-ICL research (paper-spec §4–§6).
+
+Each is a plain function over pytrees, so it composes with `jax.grad`, `jax.jit` and `jax.vmap`:
+
+  * layer causality: `stop_gradient_inputs(layers)`, a `block_input_transform` for `forward` that
+    detaches every block's residual input (or only those of the given layers);
+  * per-layer readout: `block_states` records each block's output ("block", the authors' code) or
+    each attention output ("attn", the paper's formula) at every position, and `readout_losses`
+    applies the final norm + unembedding U to each layer in turn (never [L, T, V] at once);
+  * parameter masks: `ParamMask`, which parameters (and which layers of stacked block tensors) a
+    step may change; `kv_mask` (attention keys and values, biases included, the shared KV heads
+    in GQA/MQA) or `mask_from_predicate` for any rule over parameter paths;
+  * untrained baselines: `reinit` re-initialises all but the kept parameters with a seeded init.
+
+Parameter paths are the params-layout keys joined by "/", e.g. "blocks/k/w", "final_norm/scale".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Literal, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxicl.errors import TrainingError
+from jaxicl.models.config import ModelConfig
+from jaxicl.models.init import init_params, param_shapes
+from jaxicl.models.transformer import BlockInputTransform, forward, unembed
+
+Array = jax.Array
+Readout = Literal["block", "attn"]
+READOUT_TAPS = {"block": "resid_post", "attn": "attn_out"}
+LOGITS_BUDGET = 1 << 28  # bytes of float32 logits a per-layer readout may hold at once (256 MiB)
+VARIANTS = ("trained", "trained-embeddings", "no-training", "no-training-keep-norms")
+EMBEDDING_PATHS = ("embed", "unembed", "pos_embed")
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+
+def flatten(tree: Mapping) -> dict[str, object]:
+    """Nested dict -> {"a/b/c": leaf}, in the dict's own order."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}/{sub}": leaf for sub, leaf in flatten(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def unflatten(flat: Mapping[str, object]) -> dict:
+    """{"a/b/c": leaf} -> nested dict (inverse of `flatten`)."""
+    out: dict = {}
+    for path, leaf in flat.items():
+        *parents, name = path.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = leaf
+    return out
+
+
+def split_params(params: Mapping, paths: Iterable[str]) -> tuple[dict, dict]:
+    """(the leaves at `paths`, everything else), both nested dicts; `merge_params` undoes it.
+
+    Differentiating with respect to the first part only is how a step avoids computing gradients
+    of parameters it will never change (e.g. a 262k-row embedding)."""
+    wanted = set(paths)
+    flat = flatten(params)
+    missing = wanted - set(flat)
+    if missing:
+        raise KeyError(f"no parameters at {sorted(missing)}")
+    return (
+        unflatten({p: x for p, x in flat.items() if p in wanted}),
+        unflatten({p: x for p, x in flat.items() if p not in wanted}),
+    )
+
+
+def merge_params(*parts: Mapping) -> dict:
+    """Union of disjoint nested dicts (e.g. the two halves of `split_params`)."""
+    flat: dict = {}
+    for part in parts:
+        flat.update(flatten(part))
+    return unflatten(flat)
+
+
+def _shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x)  # noqa: E731
+    leaves = jax.tree_util.tree_flatten_with_path(param_shapes(config), is_leaf=is_shape)[0]
+    return {"/".join(k.key for k in path): shape for path, shape in leaves}
+
+
+# --- layer causality and per-layer readout -------------------------------------------------------
+
+
+def stop_gradient_inputs(layers: Iterable[int] | None = None) -> BlockInputTransform:
+    """Layer causality: `stop_gradient` on the residual input of every block (None) or of the
+    given blocks only, so a block's parameters get gradient only from losses read at or above it
+    through its own output, never through the blocks below."""
+    if layers is None:
+        return lambda x, layer: jax.lax.stop_gradient(x)
+    chosen = jnp.asarray(sorted(set(int(i) for i in layers)), jnp.int32)
+
+    def transform(x: Array, layer: Array) -> Array:
+        return jnp.where(jnp.any(chosen == layer), jax.lax.stop_gradient(x), x)
+
+    return transform
+
+
+def block_states(
+    params: dict,
+    config: ModelConfig,
+    ids: Array,
+    *,
+    readout: Readout = "block",
+    valid: Array | None = None,
+    block_input_transform: BlockInputTransform | None = None,
+) -> Array:
+    """Per-layer states [L, B, T, d] at every position: block outputs ("block") or attention
+    outputs after the output projection, before any post-norm or residual add ("attn")."""
+    if readout not in READOUT_TAPS:
+        raise ValueError(f"readout must be one of {sorted(READOUT_TAPS)}, got {readout!r}")
+    tap = READOUT_TAPS[readout]
+    out = forward(
+        params, config, ids, valid=valid, logits_at=None, taps=(tap,), block_input_transform=block_input_transform
+    )
+    return out.taps[tap]
+
+
+def token_loss(logits: Array, targets: Array, weights: Array) -> Array:
+    """Weighted mean next-token cross-entropy: logits [..., T, V], targets/weights [..., T]."""
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - picked
+    return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def readout_losses(
+    params: dict,
+    config: ModelConfig,
+    states: Array,
+    targets: Array,
+    weights: Array,
+    *,
+    logits_budget: int = LOGITS_BUDGET,
+) -> Array:
+    """[L'] loss of U(state) per layer, U = final norm + unembedding (frozen or not, as the caller
+    differentiates).
+
+    Layers are read out in groups under `lax.map`, each group's float32 logits within
+    `logits_budget` bytes (at least one layer), rematerialised in the backward pass: the full
+    [L, B, T, V] logits never exist at once (Gemma's vocabulary has 262144 entries), yet a short
+    demonstration reads the [V, d] unembedding once per group rather than once per layer, which
+    is what bounds the speed on a CPU."""
+    per_layer = int(np.prod(states.shape[1:-1])) * config.vocab_size * 4
+    group = int(min(max(logits_budget // per_layer, 1), states.shape[0]))
+
+    @jax.checkpoint
+    def one(h: Array) -> Array:
+        return token_loss(unembed(params, config, h), targets, weights)
+
+    return jax.lax.map(one, states, batch_size=group)
+
+
+# --- parameter masks -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamMask:
+    """Which parameters a step may change: (path, layers) pairs, layers None for a whole tensor
+    (any tensor outside "blocks/") or the selected indices along a block tensor's layer axis.
+
+    Hashable, so it can be a static argument of a jitted step. Never empty."""
+
+    entries: tuple[tuple[str, tuple[int, ...] | None], ...]
+
+    def __post_init__(self):
+        if not self.entries or all(layers == () for _, layers in self.entries):
+            raise TrainingError("the parameter mask selects no parameter; nothing would be trained")
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(path for path, _ in self.entries)
+
+    def selector(self, path: str, ndim: int, n_layers: int | None = None) -> Array | bool:
+        """Boolean broadcastable to the tensor at `path` (True where the step may change it)."""
+        layers = dict(self.entries)[path]
+        if layers is None:
+            return True
+        n = n_layers if n_layers is not None else max(layers) + 1
+        sel = np.zeros(n, bool)
+        sel[list(layers)] = True
+        return jnp.asarray(sel.reshape((n,) + (1,) * (ndim - 1)))
+
+    def apply(self, tree: Mapping) -> dict:
+        """The masked leaves of `tree` (a params-like tree holding at least `paths`), zero where
+        not selected; the result holds exactly `paths`."""
+        flat = flatten(tree)
+        return unflatten(
+            {p: jnp.where(self.selector(p, flat[p].ndim, flat[p].shape[0]), flat[p], 0) for p in self.paths}
+        )
+
+    def where(self, new: Mapping, old: Mapping) -> dict:
+        """`new` on selected entries, `old` elsewhere (both trees holding exactly `paths`)."""
+        fn, fo = flatten(new), flatten(old)
+        return unflatten(
+            {p: jnp.where(self.selector(p, fo[p].ndim, fo[p].shape[0]), fn[p], fo[p]) for p in self.paths}
+        )
+
+    def size(self, config: ModelConfig) -> int:
+        """Number of scalar parameters selected."""
+        shapes = _shapes(config)
+        total = 0
+        for path, layers in self.entries:
+            n = int(np.prod(shapes[path]))
+            total += n if layers is None else n // shapes[path][0] * len(layers)
+        return total
+
+
+def mask_from_predicate(config: ModelConfig, predicate: Callable[[str, int | None], bool]) -> ParamMask:
+    """Mask of the parameters where `predicate(path, layer)` holds; `layer` is the block index for
+    tensors under "blocks/" (asked once per layer) and None for the others."""
+    entries = []
+    for path in _shapes(config):
+        if path.startswith("blocks/"):
+            layers = tuple(i for i in range(config.n_layers) if predicate(path, i))
+            if layers:
+                entries.append((path, layers))
+        elif predicate(path, None):
+            entries.append((path, None))
+    if not entries:
+        raise TrainingError("the parameter mask selects no parameter; the predicate matched nothing")
+    return ParamMask(tuple(entries))
+
+
+def kv_mask(config: ModelConfig, layers: Iterable[int] | None = None) -> ParamMask:
+    """Attention key and value projections, weights and biases where the family has them, of every
+    layer or of `layers`. Under GQA/MQA these are the shared KV heads ([d, n_kv_heads * hd])."""
+    chosen = None if layers is None else {int(i) for i in layers}
+    if chosen is not None and not chosen <= set(range(config.n_layers)):
+        raise TrainingError(f"layers {sorted(chosen)} outside [0, {config.n_layers})")
+    return mask_from_predicate(
+        config,
+        lambda path, layer: path.split("/")[:2] in (["blocks", "k"], ["blocks", "v"])
+        and (chosen is None or layer in chosen),
+    )
+
+
+def masked_sgd(params: dict, grads: Mapping, mask: ParamMask, lr: float | Array) -> dict:
+    """params − lr · grads on the masked entries only (`grads` holds at least the mask's paths)."""
+    stepped, rest = split_params(params, mask.paths)
+    g = mask.apply(grads)
+    new = jax.tree.map(lambda p, d: p - jnp.asarray(lr, p.dtype) * d.astype(p.dtype), stepped, g)
+    return merge_params(mask.where(new, stepped), rest)
+
+
+# --- untrained baselines -------------------------------------------------------------------------
+
+
+def is_norm(path: str) -> bool:
+    """Every normalisation parameter (block norms, QK-norms, post-norms, the final norm)."""
+    return any(part.endswith("norm") for part in path.split("/"))
+
+
+def reinit(params: dict, config: ModelConfig, variant: str, seed: int) -> dict:
+    """Untrained-baseline params (paper-spec §6), a pure function of (config, variant, seed), so
+    the zero-shot, ICL and finetuning runs of one cell get identical random weights.
+
+    "trained": params unchanged; "trained-embeddings": keep token/position embeddings, the
+    unembedding and all norms (the authors' code); "no-training": everything re-initialised;
+    "no-training-keep-norms": only the norms kept (what the authors' log names suggest).
+    Re-initialised tensors come from `init_params` (normal(0, 0.02), zero biases, identity norms)
+    in each tensor's dtype."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
+    if variant == "trained":
+        return params
+    keep = {
+        "trained-embeddings": lambda p: p in EMBEDDING_PATHS or is_norm(p),
+        "no-training": lambda p: False,
+        "no-training-keep-norms": is_norm,
+    }[variant]
+    fresh = flatten(init_params(config, jax.random.PRNGKey(seed)))
+    return unflatten({p: x if keep(p) else fresh[p].astype(x.dtype) for p, x in flatten(params).items()})

@@ -1,0 +1,247 @@
+"""Finetuning (paper-spec §4, §5): the step against a hand-computed update, the mask, the loss
+tokens, training progress, batched seeds vs one by one, divergence, resumable checkpoints, and
+the zero-shot evaluation of the finetuned model ("ftzs")."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxicl import finetune as F
+from jaxicl import transforms as T
+from jaxicl.data import get_task
+from jaxicl.errors import TrainingError
+from jaxicl.icl import EvalOptions, evaluate
+from jaxicl.io import checkpoint
+from jaxicl.models.transformer import forward
+from tests.test_transforms import GPT2, LLAMA, random_params, tiny_prompts
+
+RNG = np.random.default_rng(0)
+SEQS = [[1] + list(RNG.integers(3, 160, n)) for n in (12, 40, 7, 30, 19)]  # two length buckets
+
+
+def demo(seq, loss_tokens="all", label_start=None):
+    return F.demo_batch(seq, label_start=label_start, loss_tokens=loss_tokens)
+
+
+def hand_step(params, config, seq, lr, objective, mask, **demo_kw):
+    """p − lr · ∂loss/∂p on the masked entries, from jax.grad of the objective (no optax)."""
+    batch = demo(seq, **demo_kw)
+    grads = jax.jit(jax.grad(lambda p: F.objective_loss(p, config, objective, batch)[0]))(params)
+    return T.masked_sgd(params, grads, mask, lr), grads
+
+
+# --- the step ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objective", [F.GD, F.LCGD], ids=["gd", "lcgd"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_one_step_is_the_hand_computed_update_and_only_masked_params_change(kind, objective):
+    config = {"llama": LLAMA, "gpt2": GPT2}[kind]
+    params = random_params(config)
+    mask = T.kv_mask(config, layers=[0, 2])
+    options = F.FinetuneOptions(lr=0.3, objective=objective)
+    got = F.finetune(params, config, SEQS[:1], options, mask=mask).params
+    want, grads = hand_step(params, config, SEQS[0], 0.3, objective, mask)
+    old, new, exp = ({k: np.asarray(v) for k, v in T.flatten(t).items()} for t in (params, got, want))
+    for path in old:
+        if path in mask.paths:
+            np.testing.assert_allclose(new[path], exp[path], rtol=1e-5, atol=1e-6, err_msg=path)
+            off = [i for i in range(config.n_layers) if i not in (0, 2)]
+            assert np.array_equal(new[path][off], old[path][off]), path  # unselected layers
+            assert not np.array_equal(new[path][[0, 2]], old[path][[0, 2]]), path
+        else:
+            assert np.array_equal(new[path], old[path]), path
+    assert float(jnp.abs(grads["blocks"]["q"]["w"]).max()) > 0  # gradients flow through q but it is not stepped
+
+
+def test_clipping_and_grad_norm_records():
+    config, params = LLAMA, random_params(LLAMA)
+    mask = T.kv_mask(config)
+    _, grads = hand_step(params, config, SEQS[1], 1.0, F.LCGD, mask)
+    g = T.flatten(grads)
+    per_layer_kv = np.sqrt(sum(np.sum(np.square(g[p]).reshape(4, -1), axis=1) for p in mask.paths))
+    per_layer_all = np.sqrt(sum(np.sum(np.square(g[p]).reshape(4, -1), axis=1) for p in g if p.startswith("blocks/")))
+    total = float(np.sqrt(np.sum(per_layer_kv**2)))
+    clip = total / 4
+    result = F.finetune(params, config, SEQS[1:2], F.FinetuneOptions(lr=1.0, objective=F.LCGD, clip_norm=clip))
+    np.testing.assert_allclose(result.kv_grad_norms[0], per_layer_kv, rtol=1e-5)
+    np.testing.assert_allclose(result.grad_norms[0], per_layer_all, rtol=1e-5)
+    assert np.all(per_layer_all > per_layer_kv)
+    step = T.flatten(result.params)["blocks/k/w"] - T.flatten(params)["blocks/k/w"]
+    np.testing.assert_allclose(step, -g["blocks/k/w"] * clip / total, rtol=1e-4, atol=1e-7)
+    off = F.finetune(params, config, SEQS[1:2], F.FinetuneOptions(lr=1.0, all_grad_norms=False))
+    assert np.all(np.isnan(off.grad_norms)) and np.all(np.isfinite(off.kv_grad_norms))
+
+
+def test_loss_tokens_all_or_label():
+    seq, start = [1, 50, 51, 52, 53, 54, 99], 5
+    b = demo(seq)
+    assert b.ids.shape == (1, 16)
+    assert list(np.asarray(b.targets[0, :6])) == seq[1:] and float(b.weights.sum()) == 6
+    assert list(np.flatnonzero(np.asarray(demo(seq, "label", start).weights[0]))) == [4, 5]  # predict seq[5:]
+    config, params = LLAMA, random_params(LLAMA)
+    logits = np.asarray(jax.nn.log_softmax(forward(params, config, b.ids).logits[0]))
+    want = -np.mean([logits[t, seq[t + 1]] for t in (4, 5)])
+    got, _ = F.objective_loss(params, config, F.GD, demo(seq, "label", start))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_training_reduces_the_demonstrations_loss():
+    config, params = LLAMA, random_params(LLAMA, scale=0.2)
+    pattern = [1, 20, 21, 22, 23, 24, 25, 26, 27]
+    seqs = [pattern[:3] + pattern[3:][i % 3 :] + [40 + i % 2] for i in range(12)]
+    loss = jax.jit(lambda p, b: F.objective_loss(p, config, F.GD, b)[0])
+    mean_loss = lambda p: np.mean([float(loss(p, demo(s))) for s in seqs])  # noqa: E731
+    for objective in (F.GD, F.LCGD):
+        result = F.finetune(params, config, seqs, F.FinetuneOptions(lr=0.5, objective=objective))
+        before, after = mean_loss(params), mean_loss(result.params)
+        assert after < before - 0.05, (objective, before, after)
+
+
+def test_few_compilations():
+    """Lengths are bucketed: one compiled step per (bucket length, static settings)."""
+    config, params = GPT2, random_params(GPT2)
+    options = F.FinetuneOptions(lr=0.01, objective=F.Objective(readout="block", causal=True, layer_reduction="mean"))
+    before = F.train_step._cache_size()
+    F.finetune(params, config, SEQS, options)
+    F.finetune(params, config, SEQS[::-1], dataclasses.replace(options, lr=0.02))  # lr is traced
+    assert F.train_step._cache_size() - before == 3  # buckets 16, 32 and 48
+
+
+def test_bf16_compute_option_runs_close_to_fp32():
+    config, params = LLAMA, random_params(LLAMA)
+    a = F.finetune(params, config, SEQS[:2], F.FinetuneOptions(lr=0.1))
+    b = F.finetune(params, config, SEQS[:2], F.FinetuneOptions(lr=0.1, compute_dtype="bfloat16"))
+    assert b.params["blocks"]["k"]["w"].dtype == jnp.float32  # fp32 master weights
+    np.testing.assert_allclose(b.losses, a.losses, rtol=2e-2)
+
+
+def test_options_for_task_use_the_paper_learning_rate():
+    opts = F.FinetuneOptions.for_task(get_task("sst2"), "lcgd")
+    assert opts.lr == 0.0005 and opts.objective == F.LCGD
+    assert F.FinetuneOptions.for_task(get_task("agnews"), "gd", clip_norm=1.0).lr == 0.2
+    with pytest.raises(ValueError, match="unknown method"):
+        F.FinetuneOptions.for_task(get_task("sst2"), "adam")
+    with pytest.raises(ValueError, match="lr"):
+        F.FinetuneOptions(lr=float("nan"))
+
+
+# --- batched seeds -------------------------------------------------------------------------------
+
+
+def test_batched_sets_equal_one_by_one():
+    """Three demonstration sets of different sizes and lengths: finetune_many == finetune each."""
+    config, params = GPT2, random_params(GPT2)
+    sets = [SEQS, SEQS[2:][::-1], SEQS[1:3]]
+    options = F.FinetuneOptions(lr=0.2, objective=F.LCGD)
+    many = F.finetune_many(params, config, sets, options)
+    chunked = F.finetune_many(params, config, sets, options, max_parallel=2)
+    for s, seqs in enumerate(sets):
+        one = F.finetune(params, config, seqs, options)
+        for got in (many[s], chunked[s]):
+            assert got.losses.shape == (len(seqs),)
+            np.testing.assert_allclose(got.losses, one.losses, rtol=1e-6)
+            np.testing.assert_allclose(got.kv_grad_norms, one.kv_grad_norms, rtol=1e-5)
+            for path, x in T.flatten(one.params).items():
+                np.testing.assert_allclose(T.flatten(got.params)[path], x, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def poisoned(params, token: int) -> dict:
+    flat = T.flatten(params)
+    flat["embed"] = flat["embed"].at[token].set(jnp.nan)
+    return T.unflatten(flat)
+
+
+def test_nan_loss_names_step_and_demonstration_and_writes_nothing(tmp_path):
+    config = LLAMA.replace(tie_embeddings=False)  # the poisoned row is read only as an input
+    params = poisoned(random_params(config), token=155)
+    seqs = [[1, 10, 11, 12], [1, 13, 14], [1, 20, 155, 21], [1, 30, 31]]
+    with pytest.raises(TrainingError, match=r"step 2 on demonstration 2 \(row 77\).*loss nan"):
+        F.finetune(params, config, seqs, F.FinetuneOptions(lr=0.1), demo_names=["row 5", "row 9", "row 77", "row 3"])
+    with pytest.raises(TrainingError, match=r"step 2"):
+        F.finetune_cached(tmp_path / "run", params, config, seqs, F.FinetuneOptions(lr=0.1), base="x")
+    assert not (tmp_path / "run" / checkpoint.META_FILE).exists()
+    assert not (tmp_path / "run" / checkpoint.TREE_DIR).exists()
+    with pytest.raises(TrainingError, match=r"set 1 at step 2"):
+        F.finetune_many(params, config, [seqs[:2], seqs], F.FinetuneOptions(lr=0.1))
+
+
+def test_bad_demonstrations_are_refused():
+    config, params = LLAMA, random_params(LLAMA)
+    opts = F.FinetuneOptions(lr=0.1)
+    with pytest.raises(TrainingError, match="no demonstrations"):
+        F.finetune(params, config, [], opts)
+    with pytest.raises(TrainingError, match="at least 2"):
+        F.finetune(params, config, [[1]], opts)
+    with pytest.raises(Exception, match="outside the vocabulary"):
+        F.finetune(params, config, [[1, 999]], opts)
+    with pytest.raises(TrainingError, match="label start"):
+        F.finetune(params, config, [[1, 5, 6]], F.FinetuneOptions(lr=0.1, loss_tokens="label"))
+
+
+# --- resumable runs ------------------------------------------------------------------------------
+
+
+def test_finetune_cached_resumes_without_retraining(tmp_path, monkeypatch):
+    config, params = LLAMA, random_params(LLAMA)
+    options = F.FinetuneOptions(lr=0.2, objective=F.LCGD)
+    first, resumed = F.finetune_cached(tmp_path, params, config, SEQS[:3], options)
+    assert not resumed
+    meta = json.loads((tmp_path / checkpoint.META_FILE).read_text())
+    assert meta["meta"]["steps"] == 3
+
+    calls = []
+    monkeypatch.setattr(F, "finetune", lambda *a, **k: calls.append(1) or first)
+    again, resumed = F.finetune_cached(tmp_path, params, config, SEQS[:3], options)
+    assert resumed and not calls
+    for path, x in T.flatten(first.params).items():
+        assert np.array_equal(T.flatten(again.params)[path], x), path
+    for name, rec in first.records().items():
+        np.testing.assert_array_equal(again.records()[name], rec)
+
+    # another config hash (options, demonstrations or starting params) retrains
+    F.finetune_cached(tmp_path, params, config, SEQS[:3], F.FinetuneOptions(lr=0.3, objective=F.LCGD))
+    F.finetune_cached(tmp_path, params, config, SEQS[:2], options)
+    F.finetune_cached(tmp_path, random_params(LLAMA, seed=1), config, SEQS[:2], options)
+    assert len(calls) == 3
+
+
+def test_damaged_checkpoint_is_recomputed(tmp_path):
+    config, params = LLAMA, random_params(LLAMA)
+    options = F.FinetuneOptions(lr=0.2)
+    F.finetune_cached(tmp_path, params, config, SEQS[:1], options, base="m")
+    for f in (tmp_path / checkpoint.TREE_DIR).rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        _, resumed = F.finetune_cached(tmp_path, params, config, SEQS[:1], options, base="m")
+    assert not resumed
+    _, resumed = F.finetune_cached(tmp_path, params, config, SEQS[:1], options, base="m")
+    assert resumed
+
+
+# --- zero-shot evaluation of the finetuned model -------------------------------------------------
+
+
+def test_ftzs_reuses_the_evaluator_with_the_zero_shot_prefix():
+    config, params = LLAMA, random_params(LLAMA, scale=0.2)
+    prompts = tiny_prompts()
+    result = F.finetune_prompts(params, config, prompts, F.FinetuneOptions(lr=0.5))
+    assert len(result.losses) == prompts.k_icl
+    options = EvalOptions(batch_size=4)
+    ftzs = F.evaluate_finetuned(result.params, config, prompts, options)
+    direct = evaluate(result.params, config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids, options)
+    zs = evaluate(params, config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids, options)
+    np.testing.assert_array_equal(ftzs.scores, direct.scores)
+    assert ftzs.records["attn_out"].shape == zs.records["attn_out"].shape  # same probe records
+    np.testing.assert_array_equal(ftzs.map_lengths, zs.map_lengths)
+    assert not np.allclose(ftzs.scores, zs.scores)
