@@ -30,13 +30,15 @@ def tiny_model(kind: str):
     if kind == "llama":
         config = transformers.LlamaConfig(
             vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+            num_key_value_heads=2, max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0},
             pad_token_id=0, eos_token_id=1, bos_token_id=2,
         )  # fmt: skip
     elif kind == "gpt2":
         config = transformers.GPT2Config(
-            vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=3, n_head=4, bos_token_id=2, eos_token_id=1, pad_token_id=0
-        )
+            vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=3, n_head=4,
+            bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        )  # fmt: skip
     else:
         config = transformers.XGLMConfig(
             vocab_size=VOCAB, d_model=32, ffn_dim=48, num_layers=3, attention_heads=4,
@@ -70,7 +72,8 @@ def kv_slices(model, kind: str):
     for layer in layers:
         if kind == "gpt2":
             d = model.config.n_embd
-            out += [(layer.attn.c_attn.weight, (slice(None), slice(d, 3 * d))), (layer.attn.c_attn.bias, slice(d, 3 * d))]
+            kv = slice(d, 3 * d)  # c_attn holds q, k, v side by side
+            out += [(layer.attn.c_attn.weight, (slice(None), kv)), (layer.attn.c_attn.bias, kv)]
         else:
             for proj in (layer.self_attn.k_proj, layer.self_attn.v_proj):
                 out += [(p, slice(None)) for p in (proj.weight, proj.bias) if p is not None]

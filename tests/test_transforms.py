@@ -63,7 +63,9 @@ def layer_loss(params, config, batch, layer, causal: bool, readout: str = "block
     """Layer `layer`'s own readout loss (layer may be traced), with or without stop_gradient on
     block inputs."""
     transform = T.stop_gradient_inputs() if causal else None
-    states = T.block_states(params, config, batch.ids, readout=readout, valid=batch.valid, block_input_transform=transform)
+    states = T.block_states(
+        params, config, batch.ids, readout=readout, valid=batch.valid, block_input_transform=transform
+    )
     one = jax.lax.dynamic_index_in_dim(states, layer, keepdims=True)
     return T.readout_losses(params, config, one, batch.targets, batch.weights)[0]
 
@@ -173,8 +175,10 @@ def test_readout_groups_do_not_change_losses_or_gradients():
     per_layer = 32 * config.vocab_size * 4
     results = []
     for budget in (1, 3 * per_layer, 100 * per_layer):
-        fn = lambda s, p: T.readout_losses(p, config, s, batch.targets, batch.weights, logits_budget=budget)  # noqa: E731
-        loss, grads = jax.jit(jax.value_and_grad(lambda s, p: fn(s, p).sum(), argnums=(0, 1)))(states, params)
+        def fn(s, p, budget=budget):
+            return T.readout_losses(p, config, s, batch.targets, batch.weights, logits_budget=budget)
+
+        grads = jax.jit(jax.grad(lambda s, p: fn(s, p).sum(), argnums=(0, 1)))(states, params)
         results.append((fn(states, params), grads[0], grads[1]["final_norm"]["scale"]))
     for got in results[1:]:
         for a, b in zip(got, results[0]):
