@@ -135,6 +135,7 @@ def test_options_for_task_use_the_paper_learning_rate():
 # --- batched seeds -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores: vmapped runs of three sets plus their one-by-one twins
 def test_batched_sets_equal_one_by_one():
     """Three demonstration sets of different sizes and lengths: finetune_many == finetune each."""
     config, params = GPT2, random_params(GPT2)
