@@ -16,12 +16,11 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
+from benchutil import rss_mb, run_child
 
 
 def _demos(model: str, task: str, seed: int):
@@ -33,9 +32,6 @@ def _demos(model: str, task: str, seed: int):
     p = build_prompts(task_obj, lm.tokenizer, seed=seed, k=32, n_eval=1, max_len=lm.config.max_positions)
     return lm, [list(s) for s in p.ft_sequences], task_obj.lr
 
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_jaxicl(args, method: str) -> dict:
@@ -50,7 +46,7 @@ def run_jaxicl(args, method: str) -> dict:
     finetune(lm.params, lm.config, demos, options)  # compile the remaining length buckets
     result = finetune(lm.params, lm.config, demos, options)
     return {"step_s": result.seconds / len(demos), "first_s": first, "buckets": buckets,
-            "losses": result.losses.tolist(), "peak_rss_mb": _rss_mb()}
+            "losses": result.losses.tolist(), "peak_rss_mb": rss_mb()}
 
 
 def _torch_step_fn(model, lr: float, layer_causal: bool):
@@ -121,14 +117,7 @@ def run_torch(args, method: str) -> dict:
     t0 = time.perf_counter()
     losses += [step(d) for d in demos[1:]]
     return {"step_s": (time.perf_counter() - t0) / (len(demos) - 1), "first_s": first, "losses": losses,
-            "peak_rss_mb": _rss_mb()}
-
-
-def _child(name: str, argv: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", name, *argv], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+            "peak_rss_mb": rss_mb()}
 
 
 def main() -> None:
@@ -154,7 +143,7 @@ def main() -> None:
           "jaxicl peak RSS MB | PyTorch peak RSS MB | max |Δ loss| over the epoch |")
     print("|---|---|---|---|---|---|---|---|")
     for method in ("gd", "lcgd"):
-        ours, theirs = _child(f"jaxicl-{method}", argv), _child(f"torch-{method}", argv)
+        ours, theirs = run_child(__file__, f"jaxicl-{method}", argv), run_child(__file__, f"torch-{method}", argv)
         dloss = float(np.max(np.abs(np.asarray(ours["losses"]) - np.asarray(theirs["losses"]))))
         print(f"| {method.upper()} | {1e3 * ours['step_s']:.0f} | {1e3 * theirs['step_s']:.0f} | "
               f"{theirs['step_s'] / ours['step_s']:.2f}x | {ours['first_s']:.1f} ({ours['buckets']} length buckets) | "

@@ -17,10 +17,10 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
+
+from benchutil import rss_mb, run_child
 
 
 def _prompts(model: str, task: str, k: int, n: int, seed: int):
@@ -32,9 +32,6 @@ def _prompts(model: str, task: str, k: int, n: int, seed: int):
     return lm, prompts
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def run_jaxicl(args) -> dict:
     import jax
@@ -43,7 +40,7 @@ def run_jaxicl(args) -> dict:
 
     lm, p = _prompts(args.model, args.task, args.k, args.n_queries, args.seed)
     options = EvalOptions(batch_size=args.batch_size, records=() if args.scores_only else EvalOptions().records)
-    rss_loaded = _rss_mb()
+    rss_loaded = rss_mb()
     t0 = time.perf_counter()
     first = evaluate(lm.params, lm.config, p.prefix_ids, p.query_ids[:1], p.candidate_ids, options)
     jax.block_until_ready(first.scores)
@@ -62,7 +59,7 @@ def run_jaxicl(args) -> dict:
         "predictions": result.predictions.tolist(),
         "prefix_tokens": len(p.prefix_ids),
         "k_icl": p.k_icl,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": rss_mb(),
         "rss_after_load_mb": rss_loaded,
     }
 
@@ -90,7 +87,7 @@ def run_hf(args, cached: bool) -> dict:
     lm, p = _prompts(args.model, args.task, args.k, args.n_queries, args.seed)
     ref = _hf_model(args.model)
     del lm
-    rss_loaded = _rss_mb()
+    rss_loaded = rss_mb()
     first_tokens = [c[0] for c in p.candidate_ids]
     preds = []
     t0 = time.perf_counter()
@@ -106,7 +103,7 @@ def run_hf(args, cached: bool) -> dict:
             logits = out.logits[0, -1]
             preds.append(int(np.argmax(logits[first_tokens].numpy())))
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "predictions": preds, "peak_rss_mb": _rss_mb(), "rss_after_load_mb": rss_loaded}
+    return {"seconds": seconds, "predictions": preds, "peak_rss_mb": rss_mb(), "rss_after_load_mb": rss_loaded}
 
 
 def run_k_sweep(args) -> dict:
@@ -121,15 +118,6 @@ def run_k_sweep(args) -> dict:
         evaluate(lm.params, lm.config, p.prefix_ids, p.query_ids, p.candidate_ids, options)
         out[k] = {"ms_per_query": 1e3 * (time.perf_counter() - t0) / p.n_eval, "prefix_tokens": len(p.prefix_ids)}
     return out
-
-
-def _child(method: str, argv: list[str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", method, *argv], capture_output=True, text=True
-    )
-    if proc.returncode:
-        raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -155,7 +143,7 @@ def main() -> None:
     import torch
     import transformers
 
-    results = {m: _child(m, argv) for m in ("jaxicl", "hf-cached", "hf-full", "k-sweep")}
+    results = {m: run_child(__file__, m, argv) for m in ("jaxicl", "hf-cached", "hf-full", "k-sweep")}
     ours, cached, full, sweep = (results[m] for m in ("jaxicl", "hf-cached", "hf-full", "k-sweep"))
     n = args.n_queries
     agree = lambda a, b: sum(x == y for x, y in zip(a, b)) / n  # noqa: E731
