@@ -7,6 +7,7 @@ prompts and the zero-shot and ICL evaluations; those records are kept in `evals/
     RUN_DIR/run.json                                   the full config (a rerun must match it)
     RUN_DIR/provenance.json                            package versions and machine
     RUN_DIR/evals/<task>/<variant>/seed<S>-perm<P>/{zs,icl}.npz, <method>-ft.npz
+                                                       (trained: zs.npz one level up, shared by seeds)
     RUN_DIR/checkpoints/<task>/<variant>/<method>-seed<S>-perm<P>/
     RUN_DIR/cells/<task>/<variant>/<method>-seed<S>-perm<P>.json   (deterministic: no wall times)
     RUN_DIR/seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json time per stage of that cell
@@ -85,11 +86,12 @@ class Cell:
 
 
 def cells_of(config: RunConfig) -> list[Cell]:
-    """The grid, grouped so cells sharing prompts and ICL records run back to back."""
+    """The grid, grouped so cells sharing prompts and ICL records run back to back; variant-major,
+    so a long run completes the trained model's tables before the untrained baselines'."""
     out = []
-    for task_name in config.tasks:
-        task = get_task(task_name)
-        for variant in config.variants:
+    tasks = [get_task(name) for name in config.tasks]
+    for variant in config.variants:
+        for task in tasks:
             for seed, perm in (config.runs or task.runs)[: config.n_runs]:
                 out += [Cell(task.name, variant, seed, perm, m) for m in config.methods]
     return out
@@ -211,8 +213,9 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         return lambda: evaluate(p, lm.config, prefix, prompts.query_ids, prompts.candidate_ids, options)
 
     step("zero-shot")
-    with watch("zero_shot"):
-        zs, _ = cached_eval(run_dir / "evals" / group_dir / "zs.npz", ev(prompts.zs_prefix_ids))
+    with watch("zero_shot"):  # the trained model's zero-shot run is the same for every seed/perm
+        zs_dir = Path(task_name, variant) if variant == "trained" else group_dir
+        zs, _ = cached_eval(run_dir / "evals" / zs_dir / "zs.npz", ev(prompts.zs_prefix_ids))
     step("ICL")
     with watch("icl"):
         icl, _ = cached_eval(run_dir / "evals" / group_dir / "icl.npz", ev(prompts.prefix_ids))

@@ -9,7 +9,8 @@ readout U(block output) (the last one is the normal output, counted once).
 
 Each step is one jitted function of (trainable, optimizer state, frozen, demonstration); lengths
 are padded to multiples of `length_multiple` so a run compiles a handful of shapes. The steps of
-several demonstration sets (a task's seeds) can run at once under `jax.vmap` (`finetune_many`).
+several demonstration sets (a task's seeds) can run at once under `jax.vmap` (`finetune_many`),
+and with `mesh=` the sets are split over the mesh's "data" axis (jaxicl/sharding.py).
 A non-finite loss or gradient stops the run with TrainingError; nothing is returned or saved.
 """
 
@@ -26,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from jaxicl import sharding
 from jaxicl import transforms as T
 from jaxicl.api import bucket, check_ids
 from jaxicl.data.prompts import PromptSet
@@ -389,13 +392,18 @@ def finetune_many(
     label_starts_sets: Sequence[Sequence[int]] | None = None,
     mask: T.ParamMask | None = None,
     max_parallel: int | None = None,
+    mesh: Mesh | None = None,
 ) -> list[FinetuneResult]:
     """`finetune` of several demonstration sets (e.g. a task's seeds) from the same params, their
     steps run together under `jax.vmap` (`max_parallel` sets at a time, to bound memory).
 
     Step i of every set runs at once, each padded to the longest bucket among them; a set with
     fewer demonstrations idles (its step is computed and discarded). Results equal one-by-one
-    runs up to float rounding of the padded/batched kernels (tests/test_finetune.py)."""
+    runs up to float rounding of the padded/batched kernels (tests/test_finetune.py).
+
+    mesh: split the sets over its "data" axis (the shared params placed by `sharding.shard_params`);
+    the number of sets is padded up to a multiple of that axis's size with sets that always idle,
+    so a `max_parallel` that is such a multiple wastes nothing."""
     mask = mask or T.kv_mask(config)
     n_sets = len(sequence_sets)
     chunk = max_parallel or n_sets
@@ -404,19 +412,26 @@ def finetune_many(
         for lo in range(0, n_sets, chunk):
             sub = None if label_starts_sets is None else label_starts_sets[lo : lo + chunk]
             out += finetune_many(
-                params, config, sequence_sets[lo : lo + chunk], options, label_starts_sets=sub, mask=mask
-            )
+                params, config, sequence_sets[lo : lo + chunk], options,
+                label_starts_sets=sub, mask=mask, mesh=mesh,
+            )  # fmt: skip
         return out
     sets = [
         _check_demos(config, seqs, None if label_starts_sets is None else label_starts_sets[s], options)
         for s, seqs in enumerate(sequence_sets)
     ]
+    if mesh is not None:
+        sharding.check_mesh(mesh)
+        sets += [[]] * (-n_sets % sharding.axis_size(mesh, sharding.DATA))  # idle: never active
     spec = StepSpec.of(options)
     one, frozen = T.split_params(params, mask.paths)
     frozen_c = _compute_copy(frozen, options)
-    stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (n_sets,) + x.shape), tree)  # noqa: E731
+    stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (len(sets),) + x.shape), tree)  # noqa: E731
     trainable = stack(one)
     opt_state = stack(optimizer(spec, options.lr).init(one))
+    if mesh is not None:
+        frozen_c = sharding.shard_params(frozen_c, mesh)
+        trainable, opt_state = sharding.shard_params((trainable, opt_state), mesh, sets_axis=True)
     lr = jnp.float32(options.lr)
     rows: list[list[dict]] = [[] for _ in sets]
     start = time.perf_counter()
@@ -425,13 +440,16 @@ def finetune_many(
         length = max(_length(config, len(seqs[i]), options) for seqs in sets if i < len(seqs))
         arrays = []
         busy = active.index(True)  # an idle set computes a step of a busy one, discarded
-        for s in range(n_sets):
+        for s in range(len(sets)):
             src = s if active[s] else busy
             ls = None if label_starts_sets is None else label_starts_sets[src][i]
             arrays.append(demo_arrays(sets[src][i], ls, options.loss_tokens, length))
         batch = jax.tree.map(lambda x: x[:, None], _batch(arrays))  # [S, 1, T]
+        on = jnp.asarray(active)
+        if mesh is not None:
+            batch, on = sharding.shard_batch((batch, on), mesh)
         trainable, opt_state, stats = train_step_many(
-            trainable, opt_state, frozen_c, batch, lr, jnp.asarray(active), config=config, spec=spec, mask=mask
+            trainable, opt_state, frozen_c, batch, lr, on, config=config, spec=spec, mask=mask
         )
         got = {k: np.asarray(v) for k, v in dataclasses.asdict(stats).items()}
         for s in range(n_sets):

@@ -9,6 +9,10 @@ Scoring: the summed log-probability of each class's candidate tokens after the q
 label word is a single token, one row per query scores all classes at once (the authors' option-0
 trick); otherwise each class gets its own row. Records always come from the option-0 row.
 
+Several devices (`mesh=`, see jaxicl/sharding.py): each batch's rows are split over the mesh's
+"data" axis, params are placed by `sharding.shard_params` (FSDP-style over "model" if the mesh has
+one) and the prefix cache is replicated. Numbers equal the single-device ones up to float rounding.
+
 Probe ("label", the authors' choice): the first token of candidate 0 appended to the query.
 Probe "last": the query's last token. The attention map kept is the probe's scaled pre-softmax
 logits over the query's own tokens up to and including the probe (no BOS, no demonstrations).
@@ -23,7 +27,9 @@ from typing import Literal, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from jaxicl import sharding
 from jaxicl.api import bucket, check_ids
 from jaxicl.errors import InputError
 from jaxicl.models.config import ModelConfig
@@ -126,14 +132,21 @@ def evaluate(
     queries: Sequence[Ids],
     candidates: Sequence[Ids],
     options: EvalOptions = EvalOptions(),
+    mesh: Mesh | None = None,
 ) -> EvalResult:
-    """Score every query after `prefix` (BOS + demonstrations, or just BOS for zero-shot)."""
+    """Score every query after `prefix` (BOS + demonstrations, or just BOS for zero-shot).
+
+    mesh: split each batch's rows over its "data" axis (options.batch_size must be a multiple of
+    that axis's size); params and cache are placed as the module docstring says."""
     n, n_classes = len(queries), len(candidates)
-    _check_inputs(config, prefix, queries, candidates, options)
+    _check_inputs(config, prefix, queries, candidates, options, mesh)
+    if mesh is not None:
+        params = sharding.shard_params(params, mesh)
 
     cache = None
     if len(prefix):
         cache = prefix_cache(params, config, *map(jnp.asarray, _pad_prefix(prefix, 64)))
+        cache = cache if mesh is None else sharding.replicate(cache, mesh)
 
     rows = _rows(queries, candidates, options.probe)
     n_pos = max(len(row.score_pos) for row in rows)  # one scored-positions width per run: fewer compiles
@@ -149,7 +162,7 @@ def evaluate(
         for start in range(0, len(group), options.batch_size):
             batch = group[start : start + options.batch_size]
             arrays = _batch_arrays(batch, length, options.batch_size, n_pos)
-            got_scores, got_records = score_rows(params, config, taps, cache, *map(jnp.asarray, arrays))
+            got_scores, got_records = score_rows(params, config, taps, cache, *_to_devices(arrays, mesh))
             got_scores = np.asarray(got_scores, np.float64)
             got_records = {k: np.asarray(v) for k, v in got_records.items()}
             for b, row in enumerate(batch):
@@ -174,7 +187,12 @@ def evaluate(
 
 
 def _check_inputs(
-    config: ModelConfig, prefix: Ids, queries: Sequence[Ids], candidates: Sequence[Ids], options: EvalOptions
+    config: ModelConfig,
+    prefix: Ids,
+    queries: Sequence[Ids],
+    candidates: Sequence[Ids],
+    options: EvalOptions,
+    mesh: Mesh | None = None,
 ) -> None:
     """Refuse, naming the culprit, what would otherwise fail deep inside jit or silently mis-score."""
     if options.probe not in ("label", "last"):
@@ -186,6 +204,9 @@ def _check_inputs(
         value = getattr(options, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{key} must be a positive integer, got {value!r}")
+    if mesh is not None:
+        sharding.check_mesh(mesh)
+        sharding.check_multiple(mesh, options.batch_size, "batch_size")
     if not len(queries):
         raise InputError("no queries to evaluate")
     if not len(candidates):
@@ -204,6 +225,11 @@ def _check_inputs(
                 f"query {i}: its prompt has {total} tokens (prefix {len(prefix)} + query {len(q)} + longest "
                 f"candidate {tail}), more than the model's context window of {config.max_positions}"
             )
+
+
+def _to_devices(arrays: tuple[np.ndarray, ...], mesh: Mesh | None) -> tuple[jax.Array, ...]:
+    """Host arrays onto the default device, or split over the mesh's "data" axis."""
+    return tuple(map(jnp.asarray, arrays)) if mesh is None else sharding.shard_batch(tuple(arrays), mesh)
 
 
 def _batch_arrays(batch: list[_Row], length: int, size: int, p: int) -> tuple[np.ndarray, ...]:

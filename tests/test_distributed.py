@@ -1,6 +1,6 @@
-"""jaxicl.distributed: sharding arithmetic, single-process behaviour, and a real 2-process CPU run.
+"""jaxicl.distributed: sharding arithmetic, single-process behaviour, and real 2-process CPU runs.
 
-The 2-process test starts two Python processes that join through jax.distributed on localhost
+The 2-process tests start two Python processes that join through jax.distributed on localhost
 (gloo CPU collectives), the same code path a TPU pod slice takes with one process per host.
 """
 
@@ -15,10 +15,21 @@ import textwrap
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from jaxicl import distributed
-from jaxicl.distributed import gather_to_host0, initialize, is_writer, process_shard, shard_bounds, write_once
+from jaxicl.distributed import (
+    evaluate_across_hosts,
+    gather_to_host0,
+    initialize,
+    is_writer,
+    merge_results,
+    process_shard,
+    shard_bounds,
+    write_once,
+)
+from jaxicl.icl import EvalOptions, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,6 +157,47 @@ def test_write_once_writes_on_process_zero_only(tmp_path, monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]  # no temp files left
 
 
+# ---- evaluation across hosts, one process -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_eval():
+    """A tiny random Llama-like model and the ICL test's prompts (queries of 1..14 tokens)."""
+    from tests.test_icl import CONFIGS, ICL_PREFIX, MULTI, QUERIES, _random_params
+
+    config = CONFIGS["llama"]
+    return config, _random_params(config), ICL_PREFIX, QUERIES, MULTI
+
+
+def test_evaluate_across_hosts_on_one_process_is_evaluate(tiny_eval):
+    config, params, prefix, queries, cands = tiny_eval
+    options = EvalOptions(batch_size=4)
+    got = evaluate_across_hosts(params, config, prefix, queries, cands, options)
+    want = evaluate(params, config, prefix, queries, cands, options)
+    for field in ("scores", "predictions", "map_lengths"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    assert got.prefix_len == want.prefix_len and got.records.keys() == want.records.keys()
+    for name in want.records:
+        np.testing.assert_array_equal(got.records[name], want.records[name])
+
+
+def test_merged_blocks_equal_one_evaluation(tiny_eval):
+    """What the hosts' gather does, here by hand: blocks of different map widths are re-padded."""
+    config, params, prefix, queries, cands = tiny_eval
+    options = EvalOptions(batch_size=4)
+    want = evaluate(params, config, prefix, queries, cands, options)
+    blocks = [process_shard(queries, i, 3) for i in range(3)]  # the longest query (14) is in block 0
+    got = merge_results([evaluate(params, config, prefix, b, cands, options) for b in blocks])
+    np.testing.assert_array_equal(got.predictions, want.predictions)
+    np.testing.assert_array_equal(got.map_lengths, want.map_lengths)
+    for name, a, b in [("scores", got.scores, want.scores)] + [(k, got.records[k], want.records[k]) for k in want.records]:
+        assert a.shape == b.shape, name
+        scale = max(1.0, float(np.abs(b).max()))  # other batches: float32 rounding, relative to magnitude
+        assert float(np.abs(a - b).max()) <= 1e-5 * scale, name
+    with pytest.raises(ValueError, match="no results"):
+        merge_results([])
+
+
 # ---- two real processes on CPU -----------------------------------------------------------------
 
 WORKER = textwrap.dedent("""
@@ -202,3 +254,60 @@ def test_two_cpu_processes_shard_gather_and_write_once(tmp_path):
     assert [r["writer"] for r in results] == [True, False]
     assert json.loads(out.read_text()) == {"writer": 0, "rows": expected_rows}
     assert [p.name for p in out.parent.iterdir()] == ["result.json"]
+
+
+EVAL_WORKER = textwrap.dedent("""
+    import json, sys
+    from jaxicl import distributed as d
+    process_id, port = int(sys.argv[1]), sys.argv[2]
+    assert d.initialize(f"localhost:{port}", 2, process_id)
+    import jax, numpy as np
+    from jaxicl.icl import EvalOptions, evaluate
+    from jaxicl.sharding import make_mesh
+    from tests.test_icl import CONFIGS, ICL_PREFIX, MULTI, QUERIES, _random_params
+
+    config = CONFIGS["llama"]
+    params = _random_params(config)
+    options = EvalOptions(batch_size=4)
+    mesh = make_mesh()  # this process's 2 devices
+    got = d.evaluate_across_hosts(params, config, ICL_PREFIX, QUERIES, MULTI, options, mesh)
+    want = evaluate(params, config, ICL_PREFIX, QUERIES, MULTI, options)  # all queries, one device
+    diff = lambda a, b: float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+    scale = lambda a: max(1.0, float(np.abs(a).max()))  # float32 rounding grows with magnitude
+    print("RESULT " + json.dumps({
+        "devices": [jax.local_device_count(), jax.device_count()], "mesh": dict(mesh.shape),
+        "n": len(got.scores), "local": len(d.process_shard(QUERIES)),
+        "same_predictions": bool(np.array_equal(got.predictions, want.predictions)),
+        "same_map_lengths": bool(np.array_equal(got.map_lengths, want.map_lengths)),
+        "shapes": all(got.records[k].shape == want.records[k].shape for k in want.records),
+        "scores": diff(got.scores, want.scores) / scale(want.scores),
+        "records": max(diff(got.records[k], want.records[k]) / scale(want.records[k]) for k in want.records),
+    }))
+""")
+
+
+def test_two_cpu_processes_evaluate_their_shards_and_gather(tmp_path):
+    """Two hosts with two devices each: a local data mesh per host, queries split 4 / 3."""
+    script = tmp_path / "eval_worker.py"
+    script.write_text(EVAL_WORKER)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAXICL_")}
+    flags = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=flags.strip())
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port)], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text
+        results.append(json.loads(text.split("RESULT ", 1)[1]))
+    assert [r["local"] for r in results] == [4, 3]
+    for r in results:
+        assert r["devices"] == [2, 4] and r["mesh"] == {"data": 2, "model": 1} and r["n"] == 7
+        assert r["same_predictions"] and r["same_map_lengths"] and r["shapes"]
+        assert r["scores"] <= 1e-5 and r["records"] <= 1e-5, r  # relative to the largest |value|

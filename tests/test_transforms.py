@@ -167,6 +167,36 @@ def test_readout_losses_match_full_logits_and_last_is_the_output(kind):
     np.testing.assert_allclose(objective_loss(params, config, LCGD, batch)[0], got.sum(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma3"])
+def test_fused_readout_gradients_equal_plain_autodiff(kind):
+    """The custom-VJP readout (gradient from the forward pass) against autodiff of
+    token_loss(unembed(...)): states, final norm and the unembedding table itself (tied for Gemma
+    with a soft-cap, untied for the others), under a non-uniform layer cotangent."""
+    config = CONFIGS[kind]
+    if kind != "gemma3":
+        config = dataclasses.replace(config, tie_embeddings=False)
+    params, batch = random_params(config), batch_of(SEQ)
+    states = T.block_states(params, config, batch.ids, valid=batch.valid)
+    cot = jnp.arange(1.0, config.n_layers + 1.0)
+
+    def fused(s, p):
+        return jnp.dot(cot, T.readout_losses(p, config, s, batch.targets, batch.weights, logits_budget=1))
+
+    def plain(s, p):
+        losses = jnp.stack([T.token_loss(unembed(p, config, s[i]), batch.targets, batch.weights) for i in range(len(s))])
+        return jnp.dot(cot, losses)
+
+    got = jax.jit(jax.value_and_grad(fused, argnums=(0, 1)))(states, params)
+    want = jax.value_and_grad(plain, argnums=(0, 1))(states, params)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-5, atol=1e-7)
+    table = "embed" if config.tie_embeddings else "unembed"
+    for name in (table, "final_norm"):
+        for a, b in zip(jax.tree.leaves(got[1][1][name]), jax.tree.leaves(want[1][1][name])):
+            assert np.abs(np.asarray(b)).max() > 0
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_readout_groups_do_not_change_losses_or_gradients():
     """Layers read out one at a time, three at a time (with a remainder) or all at once."""
     config = LLAMA
