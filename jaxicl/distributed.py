@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 import numpy as np
 
-from jaxicl.errors import InputError
 from jaxicl.io.results import write_json_atomic
 
 if TYPE_CHECKING:
@@ -237,10 +236,7 @@ def evaluate_across_hosts(
     options = options or icl.EvalOptions()
     if jax.process_count() == 1:
         return icl.evaluate(params, config, prefix, queries, candidates, options, mesh)
-    icl._check_inputs(config, prefix, queries, candidates, options, mesh)
-    if mesh is not None and any(d.process_index != jax.process_index() for d in mesh.devices.flat):
-        raise InputError("evaluate_across_hosts needs a mesh over this process's devices "
-                         "(sharding.make_mesh() builds one)")
+    icl._check_inputs(config, prefix, queries, candidates, options, mesh)  # mesh: this host's only
     mine = process_shard(queries)
     local = icl.evaluate(params, config, prefix, mine, candidates, options, mesh) if mine else None
     parts = gather_to_host0([local])

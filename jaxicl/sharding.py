@@ -60,7 +60,8 @@ def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | 
 
 
 def check_mesh(mesh: Mesh) -> None:
-    """Refuse meshes whose axes these helpers would silently ignore or misread."""
+    """Refuse meshes whose axes these helpers would silently ignore or misread, and meshes over
+    other processes' devices (results are read back on this host; hosts are not in lock-step)."""
     if not isinstance(mesh, Mesh):
         raise InputError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     unknown = [name for name in mesh.axis_names if name not in AXES]
@@ -68,6 +69,11 @@ def check_mesh(mesh: Mesh) -> None:
         raise InputError(f"unknown mesh axis {unknown}; jaxicl uses {list(AXES)} (make_mesh builds one)")
     if DATA not in mesh.axis_names:
         raise InputError(f"the mesh has no {DATA!r} axis (axes: {list(mesh.axis_names)})")
+    here = jax.process_index()
+    if any(d.process_index != here for d in mesh.devices.flat):
+        raise InputError("the mesh spans other processes' devices; jaxicl meshes are per process "
+                         "(make_mesh() uses jax.local_devices()); split work across hosts with "
+                         "distributed.evaluate_across_hosts")
 
 
 def axis_size(mesh: Mesh, name: str) -> int:

@@ -262,6 +262,7 @@ EVAL_WORKER = textwrap.dedent("""
     process_id, port = int(sys.argv[1]), sys.argv[2]
     assert d.initialize(f"localhost:{port}", 2, process_id)
     import jax, numpy as np
+    from jaxicl.errors import InputError
     from jaxicl.icl import EvalOptions, evaluate
     from jaxicl.sharding import make_mesh
     from tests.test_icl import CONFIGS, ICL_PREFIX, MULTI, QUERIES, _random_params
@@ -272,10 +273,16 @@ EVAL_WORKER = textwrap.dedent("""
     mesh = make_mesh()  # this process's 2 devices
     got = d.evaluate_across_hosts(params, config, ICL_PREFIX, QUERIES, MULTI, options, mesh)
     want = evaluate(params, config, ICL_PREFIX, QUERIES, MULTI, options)  # all queries, one device
+    try:  # a mesh over both hosts' devices is refused before anything runs
+        d.evaluate_across_hosts(params, config, ICL_PREFIX, QUERIES, MULTI, options,
+                                make_mesh(devices=jax.devices()))
+        refused = ""
+    except InputError as e:
+        refused = str(e)
     diff = lambda a, b: float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
     scale = lambda a: max(1.0, float(np.abs(a).max()))  # float32 rounding grows with magnitude
     print("RESULT " + json.dumps({
-        "devices": [jax.local_device_count(), jax.device_count()], "mesh": dict(mesh.shape),
+        "devices": [jax.local_device_count(), jax.device_count()], "mesh": dict(mesh.shape), "refused": refused,
         "n": len(got.scores), "local": len(d.process_shard(QUERIES)),
         "same_predictions": bool(np.array_equal(got.predictions, want.predictions)),
         "same_map_lengths": bool(np.array_equal(got.map_lengths, want.map_lengths)),
@@ -311,3 +318,4 @@ def test_two_cpu_processes_evaluate_their_shards_and_gather(tmp_path):
         assert r["devices"] == [2, 4] and r["mesh"] == {"data": 2, "model": 1} and r["n"] == 7
         assert r["same_predictions"] and r["same_map_lengths"] and r["shapes"]
         assert r["scores"] <= 1e-5 and r["records"] <= 1e-5, r  # relative to the largest |value|
+        assert "mesh spans other processes' devices" in r["refused"]
