@@ -1,8 +1,10 @@
 """Paper-style report of a run directory: Tables 1 and 2, accuracies, random baselines, Fig. 2–4.
 
 Input: RUN_DIR/run.json (the run's config, opaque here) and RUN_DIR/cells/**/*.json, one results
-file per (task, variant, method, seed, perm) in design.md's schema. Output (default RUN_DIR/report):
-report.md, tidy CSVs with every number the tables show, and PNG plots linked from report.md.
+file per (task, variant, method, seed, perm) in design.md's schema; for the time per stage, the
+runner's RUN_DIR/seconds/**/*.json and RUN_DIR/timing.json when present. Output (default
+RUN_DIR/report): report.md, tidy CSVs with every number the tables show, and PNG plots linked from
+report.md.
 
 Conventions (paper-spec §8.11, §9):
 - A "run" is one (seed, perm); statistics are over runs: mean and sample std (ddof=1); with one
@@ -17,6 +19,9 @@ Conventions (paper-spec §8.11, §9):
 - A cell file that is not valid JSON, lacks a required key, holds a malformed or non-finite value,
   disagrees with its path, duplicates another cell, or has another layer count than the run's
   other cells is listed under "Problems" and excluded from every number.
+- A seconds file or timing.json that is not valid JSON, holds an unknown stage or a value that is
+  not a finite number ≥ 0, or (seconds) lies off the runner's path layout is listed under
+  "Problems" too and left out of the time per stage.
 - md and csv output is a pure function of the input files (sorted paths, fixed formats, no
   timestamps); PNGs are written without a software/date stamp.
 """
@@ -839,6 +844,133 @@ def per_layer_csv_rows(cells: Sequence[Cell], tasks: Sequence[str], variants: Se
     return rows
 
 
+# ----------------------------------------------------------------------------- time per stage
+
+# (report column, CSV stage, the runner's stopwatch keys summed into it; see experiment.run_group)
+STAGES = (
+    ("prompts", "prompts", ("prompts",)),
+    ("zero-shot", "zero_shot", ("zero_shot",)),
+    ("ICL", "icl", ("icl",)),
+    ("finetune GD", "finetune_gd", ("finetune_gd",)),
+    ("finetune LCGD", "finetune_lcgd", ("finetune_lcgd",)),
+    ("evaluate GD-finetuned", "evaluate_gd", ("ftzs_gd",)),
+    ("evaluate LCGD-finetuned", "evaluate_lcgd", ("ftzs_lcgd",)),
+    ("metrics", "metrics", ("metrics_gd", "metrics_lcgd")),
+)
+STAGE_KEYS = frozenset(k for _, _, keys in STAGES for k in keys)
+TIMING_KEYS = ("load_s", "total_s")
+
+Group = tuple[str, str, int, int]  # (task, variant, seed, perm)
+
+
+def _read_seconds(path: Path, rel: str) -> tuple[Group, dict[str, float]]:
+    """seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json → its group and stopwatch dict."""
+    parts = Path(rel).parts
+    match = _CELL_NAME.match(parts[-1]) if len(parts) == 4 and parts[0] == "seconds" else None
+    if match is None:
+        raise CellError("path is not seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CellError(f"not valid JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or not obj:
+        raise CellError("top level must be a non-empty object of stage → seconds")
+    for key in sorted(obj):
+        if key not in STAGE_KEYS:
+            raise CellError(f"unknown stage {key!r} (known: {', '.join(sorted(STAGE_KEYS))})")
+        if not _is_num(obj[key]) or obj[key] < 0:
+            raise CellError(f"{key!r} must be a finite number of seconds ≥ 0, got {obj[key]!r}")
+    return (parts[1], parts[2], int(match["seed"]), int(match["perm"])), {k: float(v) for k, v in obj.items()}
+
+
+def load_stage_seconds(run_dir: str | Path) -> tuple[dict[Group, dict[str, float]], list[Problem]]:
+    """Stopwatch seconds per group, and the files left out ({} when there is no seconds/ folder).
+
+    The runner's stopwatch is cumulative within a group (a group's second file repeats the first
+    one's stages), so a group's files are merged by each stage's maximum, never added."""
+    run_dir = Path(run_dir)
+    groups: dict[Group, dict[str, float]] = {}
+    problems: list[Problem] = []
+    for path in sorted((run_dir / "seconds").glob("**/*.json"), key=lambda p: p.relative_to(run_dir).as_posix()):
+        rel = path.relative_to(run_dir).as_posix()
+        if not path.is_file():
+            continue
+        try:
+            group, seconds = _read_seconds(path, rel)
+        except CellError as e:
+            problems.append(Problem(rel, str(e)))
+            continue
+        merged = groups.setdefault(group, {})
+        for key, value in seconds.items():
+            merged[key] = max(merged.get(key, 0.0), value)
+    return groups, problems
+
+
+def load_timing(run_dir: str | Path) -> tuple[dict[str, float], list[Problem]]:
+    """timing.json's load_s and total_s ({} when absent; {} and a Problem when malformed)."""
+    try:
+        obj = json.loads((Path(run_dir) / "timing.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return {}, [Problem("timing.json", f"not valid JSON ({type(e).__name__}: {e})")]
+    if not isinstance(obj, dict) or not all(_is_num(obj.get(k)) and obj[k] >= 0 for k in TIMING_KEYS):
+        return {}, [Problem("timing.json", "must be an object with finite numbers ≥ 0 'load_s' and 'total_s'")]
+    return {k: float(obj[k]) for k in TIMING_KEYS}, []
+
+
+def stage_totals(groups: Mapping[Group, Mapping[str, float]]) -> dict[str, dict[str, float | int | None]]:
+    """variant → {"groups", each CSV stage (summed over groups; None when no group has it), "total",
+    "mean_per_group"}."""
+    out = {}
+    for variant in order_variants(g[1] for g in groups):
+        mine = [s for g, s in groups.items() if g[1] == variant]
+        row: dict[str, float | int | None] = {"groups": len(mine)}
+        for _, name, keys in STAGES:
+            values = [s[k] for s in mine for k in keys if k in s]
+            row[name] = math.fsum(values) if values else None
+        total = math.fsum(s[k] for s in mine for k in s)
+        row.update(total=total, mean_per_group=total / len(mine))
+        out[variant] = row
+    return out
+
+
+def time_csv_rows(totals: Mapping[str, Mapping[str, Any]], timing: Mapping[str, float]) -> list[list]:
+    rows = [[variant, stage, row["groups"], row[stage]]
+            for variant, row in totals.items()
+            for stage in (*(name for _, name, _ in STAGES), "total", "mean_per_group")]
+    return rows + [["timing.json", key, None, timing[key]] for key in TIMING_KEYS if key in timing]
+
+
+def _time_section(totals: Mapping[str, Mapping[str, Any]], timing: Mapping[str, float]) -> list[str]:
+    lines = ["## Time per stage", ""]
+    if not totals:
+        lines.append("None recorded: no usable seconds files under seconds/.")
+    else:
+        rows = [[variant_label(v), str(row["groups"]), *(fmt_num(row[name], 1) for _, name, _ in STAGES),
+                 f"{row['total']:.1f} ({row['total'] / 3600:.2f} h)", fmt_num(row["mean_per_group"], 1)]
+                for v, row in totals.items()]
+        lines += md_table(["variant", "groups", *(label for label, _, _ in STAGES), "total", "mean per group"], rows)
+        lines += ["", "Seconds summed over each variant's groups (a group is one task × seed × perm; its GD and "
+                  "LCGD share prompts, zero-shot and ICL). The runner's stopwatch is cumulative within a group, "
+                  "so a group's files are merged by each stage's maximum. Prompts includes the variant's "
+                  "re-initialisation; evaluate = zero-shot evaluation of the finetuned model; metrics = GD + "
+                  "LCGD metrics (α and writing files are not timed).",
+                  "",
+                  "Stages served from cache (evals/, checkpoints/) count their load time only: the trained "
+                  "zero-shot is computed once per task and loaded by its other seeds, and a group resumed "
+                  "after an interrupt shows near zero for the stages it found cached (unless an earlier file "
+                  "of the group recorded them)."]
+    lines.append("")
+    if timing:
+        lines.append(f"Model load: {timing['load_s']:.1f} s; that invocation's total: {timing['total_s']:.1f} s "
+                     "(timing.json: the last `jaxicl run` invocation only, a resumed run overwrites it).")
+    else:
+        lines.append("Model load: not recorded (no usable timing.json; a `jaxicl run` invocation writes it when "
+                     "it finishes).")
+    return lines
+
+
 # ----------------------------------------------------------------------------- plots
 
 METHOD_COLORS = {"gd": "tab:blue", "lcgd": "tab:orange"}
@@ -987,7 +1119,7 @@ def _header(config: Mapping[str, Any], cells: Sequence[Cell], run_dir: Path) -> 
 
 def _problems_section(problems: Sequence[Problem]) -> list[str]:
     if not problems:
-        return ["## Problems", "", "None: every cell file was used."]
+        return ["## Problems", "", "None: every input file was used."]
     lines = ["## Problems", "", f"{len(problems)} file(s) skipped; none of their numbers appear anywhere "
              "in this report:", ""]
     lines += [f"- `{p.path}`: {p.reason}" for p in problems]
@@ -1069,7 +1201,7 @@ def _figures_section(cells: Sequence[Cell], tasks: Sequence[str], out: Path, gra
 
 
 def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str], t2: dict, t1: dict,
-                out: Path) -> list[str]:
+                times: list[list], out: Path) -> list[str]:
     """Tidy CSVs (one number per row, full precision) of everything the tables and plots show."""
     stat_header = ["n", "mean", "std"]
     paper = ["paper_mean", "paper_std"]
@@ -1088,6 +1220,7 @@ def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[
                       [[c.path, c.task, c.variant, c.method, c.seed, c.perm, c.k_icl,
                         *(c.accuracy[k] for k in ACCURACY_KEYS), *(c.value(k) for k in PER_LAYER_KEYS),
                         c.scalar.get("rec2ftp"), c.alpha] for c in cells]),
+        "time_per_stage.csv": (["variant", "stage", "groups", "seconds"], times),
     }
     for name, (header, rows) in files.items():
         write_csv(out / name, header, rows)
@@ -1106,16 +1239,20 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     out.mkdir(parents=True, exist_ok=True)
     config, config_problems = load_run_config(run_dir)
     cells, problems = load_cells(run_dir)
+    stage_seconds, seconds_problems = load_stage_seconds(run_dir)
+    timing, timing_problems = load_timing(run_dir)
+    totals = stage_totals(stage_seconds)
     tasks = order_tasks(c.task for c in cells)
     variants = order_variants(c.variant for c in cells)
     t2_lines, t2 = _table2_section(cells, tasks)
     t1_lines, t1 = _table1_section(cells, tasks)
-    csv_files = _write_csvs(cells, tasks, variants, t2, t1, out)
-    lines = _header(config, cells, run_dir) + [""] + _problems_section(config_problems + problems) + [""]
+    csv_files = _write_csvs(cells, tasks, variants, t2, t1, time_csv_rows(totals, timing), out)
+    problems = config_problems + problems + seconds_problems + timing_problems
+    lines = _header(config, cells, run_dir) + [""] + _problems_section(problems) + [""]
     lines += t2_lines + [""] + t1_lines + [""] + _accuracy_section(cells, tasks, variants) + [""]
     lines += ["## Random baselines", "", "Random SimAOU (normalized mode; U[0,1) is the authors' baseline, "
               "Gaussian the zero-mean one), mean ± std over runs.", ""]
-    lines += render_random(cells, tasks, variants) + [""]
+    lines += render_random(cells, tasks, variants) + [""] + _time_section(totals, timing) + [""]
     lines += (_figures_section(cells, tasks, out, grad_norm_task) if plots
               else ["## Figures", "", "Not drawn (plots=False)."]) + [""]
     lines += ["## Files", ""] + [f"- [{name}]({name})" for name in csv_files]

@@ -365,6 +365,119 @@ def test_random_baselines_row(run_dir: Path):
     assert by["Random SimAOU U[0,1), paper (authors' files)"][1:] == ["0.002", "0.002", "0.002"]
 
 
+# ----------------------------------------------------------------------------- time per stage
+
+
+def write_seconds(run_dir: Path, rel: str, seconds: dict | str) -> Path:
+    path = run_dir / "seconds" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(seconds if isinstance(seconds, str) else json.dumps(seconds))
+    return path
+
+
+SHARED = {"prompts": 1.0, "zero_shot": 10.0, "icl": 20.0}
+GD = {**SHARED, "finetune_gd": 30.0, "ftzs_gd": 5.0, "metrics_gd": 0.5}
+GD_THEN_LCGD = {**GD, "finetune_lcgd": 100.0, "ftzs_lcgd": 6.0, "metrics_lcgd": 0.25}  # cumulative stopwatch
+
+
+@pytest.fixture
+def timed_run(tmp_path: Path) -> Path:
+    """Trained: sst2 seed 2 (GD + cumulative LCGD file), subj seed 3 (GD only), subj seed 4 (LCGD resumed
+    from cache: its file restarts the stopwatch, so its shared stages are near zero); one no-training group."""
+    run_dir = new_run(tmp_path)
+    write_seconds(run_dir, "sst2/trained/gd-seed2-perm0.json", GD)
+    write_seconds(run_dir, "sst2/trained/lcgd-seed2-perm0.json", GD_THEN_LCGD)
+    write_seconds(run_dir, "subj/trained/gd-seed3-perm1.json", {**GD, "zero_shot": 0.5})
+    write_seconds(run_dir, "subj/trained/gd-seed4-perm2.json", GD)
+    write_seconds(run_dir, "subj/trained/lcgd-seed4-perm2.json", {"prompts": 2.0, "zero_shot": 0.25, "icl": 0.25,
+                                                                  "finetune_lcgd": 50.0, "ftzs_lcgd": 4.0,
+                                                                  "metrics_lcgd": 0.25})
+    write_seconds(run_dir, "sst2/no-training/gd-seed2-perm0.json", GD)
+    (run_dir / "timing.json").write_text(json.dumps({"load_s": 12.5, "total_s": 600.0}))
+    return run_dir
+
+
+def time_csv(out: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    rows = [line.split(",") for line in (out / "time_per_stage.csv").read_text().splitlines()]
+    assert rows[0] == ["variant", "stage", "groups", "seconds"]
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows[1:]}
+
+
+def test_time_per_stage_sums_groups_and_merges_cumulative_files(timed_run: Path):
+    out = write_report(timed_run, plots=False).parent
+    md = (out / "report.md").read_text()
+    rows = first_table(section(md, "## Time per stage"))
+    by = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
+    assert list(by) == ["Trained", "No Training"]
+    trained = by["Trained"]
+    # Each stage once per group (max over the group's files, never GD file + LCGD file);
+    # seed 4's prompts: max(1.0 from its GD file, 2.0 from its resumed LCGD file).
+    assert trained["groups"] == "3"
+    assert trained["prompts"] == "4.0"              # 1 + 1 + 2
+    assert trained["zero-shot"] == "20.5"           # 10 + 0.5 + 10
+    assert trained["ICL"] == "60.0"
+    assert trained["finetune GD"] == "90.0"
+    assert trained["finetune LCGD"] == "150.0"      # 100 + 50; seed 3 has none
+    assert trained["evaluate GD-finetuned"] == "15.0"
+    assert trained["evaluate LCGD-finetuned"] == "10.0"
+    assert trained["metrics"] == "2.0"              # GD 3 × 0.5 + LCGD 2 × 0.25
+    assert trained["total"] == "351.5 (0.10 h)"
+    assert trained["mean per group"] == "117.2"    # 351.5 / 3
+    assert by["No Training"]["finetune LCGD"] == "n/a" and by["No Training"]["total"] == "66.5 (0.02 h)"
+    text = section(md, "## Time per stage")
+    assert "Model load: 12.5 s" in text and "last `jaxicl run` invocation only" in text
+    assert "count their load time only" in text
+    csv = time_csv(out)
+    assert csv[("trained", "finetune_lcgd")] == ("3", "150.0")
+    assert csv[("trained", "total")] == ("3", "351.5")
+    assert float(csv[("trained", "mean_per_group")][1]) == pytest.approx(351.5 / 3)
+    assert csv[("no-training", "finetune_lcgd")] == ("1", "")
+    assert csv[("timing.json", "load_s")] == ("", "12.5") and csv[("timing.json", "total_s")] == ("", "600.0")
+
+
+def test_lcgd_file_alone_equals_both_files(timed_run: Path, tmp_path: Path):
+    """The cumulative LCGD file already holds the GD stages: dropping the GD file changes nothing."""
+    a = write_report(timed_run, tmp_path / "a", plots=False).parent
+    (timed_run / "seconds" / "sst2" / "trained" / "gd-seed2-perm0.json").unlink()
+    b = write_report(timed_run, tmp_path / "b", plots=False).parent
+    assert time_csv(a) == time_csv(b)
+
+
+@pytest.mark.parametrize("rel, text, reason", [
+    ("sst2/trained/gd-seed9-perm0.json", '{"prompts": 1', "not valid JSON"),
+    ("sst2/trained/gd-seed9-perm0.json", '{"prompts": -1.0}', "'prompts' must be a finite number"),
+    ("sst2/trained/gd-seed9-perm0.json", '{"prompts": "1.0"}', "'prompts' must be a finite number"),
+    ("sst2/trained/gd-seed9-perm0.json", '{"warmup": 1.0}', "unknown stage 'warmup'"),
+    ("sst2/trained/gd-seed9-perm0.json", '[1.0]', "top level must be"),
+    ("sst2/gd-seed9-perm0.json", json.dumps(GD), "path is not seconds/"),
+])
+def test_malformed_seconds_file_is_listed_and_left_out(timed_run: Path, tmp_path: Path, rel: str, text: str,
+                                                       reason: str):
+    clean = write_report(timed_run, tmp_path / "clean", plots=False).parent
+    write_seconds(timed_run, rel, text)
+    md = write_report(timed_run, tmp_path / "dirty", plots=False).read_text()
+    problems = section(md, "## Problems")
+    assert f"`seconds/{rel}`" in problems and reason in problems
+    assert time_csv(tmp_path / "dirty") == time_csv(clean)
+    assert section(md, "## Time per stage") == section((clean / "report.md").read_text(), "## Time per stage")
+
+
+def test_malformed_timing_json_is_listed(timed_run: Path):
+    (timed_run / "timing.json").write_text(json.dumps({"load_s": "fast"}))
+    out = write_report(timed_run, plots=False).parent
+    md = (out / "report.md").read_text()
+    assert "`timing.json`" in section(md, "## Problems")
+    assert "Model load: not recorded" in section(md, "## Time per stage")
+    assert not any(variant == "timing.json" for variant, _ in time_csv(out))
+
+
+def test_no_seconds_recorded(run_dir: Path):
+    out = write_report(run_dir, plots=False).parent
+    text = section((out / "report.md").read_text(), "## Time per stage")
+    assert "None recorded" in text and "Model load: not recorded" in text
+    assert time_csv(out) == {}
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -421,7 +534,7 @@ def test_output_is_deterministic(run_dir: Path, tmp_path: Path):
     a = write_report(run_dir, tmp_path / "a")
     b = write_report(run_dir, tmp_path / "b")
     assert a.read_bytes() == b.read_bytes()
-    assert read_csvs(a.parent) == read_csvs(b.parent) and len(read_csvs(a.parent)) == 7
+    assert read_csvs(a.parent) == read_csvs(b.parent) and len(read_csvs(a.parent)) == 8
     pngs = sorted(p.name for p in a.parent.glob("*.png"))
     assert pngs and all((a.parent / n).read_bytes() == (b.parent / n).read_bytes() for n in pngs)
 
