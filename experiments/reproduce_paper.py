@@ -82,10 +82,11 @@ def run_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from jaxicl import compile_cache
+        from jaxicl import compile_cache, distributed
         from jaxicl.experiment import run
         from jaxicl.report import write_report
 
+        distributed.initialize()  # several hosts (tpu/run.sh): one process each; before any JAX call
         if args.compile_cache:
             compile_cache.enable(args.compile_cache)
         config = run_config(args)
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = run(config, args.out, force=args.force, quiet=args.quiet)
         print(f"{args.out}: {counts['done']} cells run, {counts['skipped']} already done, "
               f"{counts['recomputed']} corrupt cell files recomputed, in {time.perf_counter() - t0:.0f} s")
-        print(f"wrote {write_report(args.out, args.report)}")
+        if distributed.is_writer():  # the run directory is process 0's
+            print(f"wrote {write_report(args.out, args.report)}")
     except JaxiclError as e:
         print(f"reproduce_paper: error: {e}", file=sys.stderr)
         return 2

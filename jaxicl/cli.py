@@ -81,7 +81,10 @@ def _csv(text: str | None, cast=str) -> tuple | None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from jaxicl import distributed
     from jaxicl.experiment import RunConfig, run
+
+    distributed.initialize()  # joins the other processes of a multi-host run; else a no-op
 
     runs = None
     if args.seeds:

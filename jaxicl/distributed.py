@@ -9,6 +9,9 @@ so the same script runs unchanged on a laptop.
 the queries (on its own devices, optionally split over a local `sharding.make_mesh()`), and every
 host gets the full `EvalResult` in the original order. Hosts never synchronise per batch, only
 once at the end, so uneven shares (n % hosts) cost no lock-step padding.
+
+`on_host0` / `broadcast_from_host0` make decisions that read process 0's files (is a stage cached,
+is a cell done?) the same on every process, so no host skips a collective the others enter.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -172,6 +175,53 @@ def gather_to_host0(local_results: Sequence[Any]) -> list[Any]:
     for row, size in zip(stacked, sizes):
         out.extend(pickle.loads(row[: int(size)].tobytes()))
     return out
+
+
+def broadcast_from_host0(value: T) -> T:
+    """Process 0's `value` (any picklable object) on every process; on one process, `value` itself.
+
+    The other processes' `value` is ignored. It travels as pickled bytes through
+    `broadcast_one_to_all`; all processes must call this the same number of times."""
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental.multihost_utils import broadcast_one_to_all
+
+    blob = np.frombuffer(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if is_writer() else b"", np.uint8)
+    high, low = broadcast_one_to_all(np.array(divmod(blob.size, 2**30), dtype=np.int32))  # int32: no x64
+    size = int(high) * 2**30 + int(low)
+    buffer = blob if is_writer() else np.zeros(size, dtype=np.uint8)
+    return pickle.loads(np.asarray(broadcast_one_to_all(buffer)).tobytes())
+
+
+def on_host0(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` run on process 0 only; every process returns its result or raises its
+    exception. For decisions that read process 0's files (skip a cached stage, refuse a run
+    directory): every process then takes the same branch and enters the same collectives, even a
+    host that cannot see those files. On one process it is a plain call."""
+    import jax
+
+    if jax.process_count() == 1:
+        return fn(*args, **kwargs)
+    outcome: tuple[bool, Any] | None = None
+    error: Exception | None = None
+    if is_writer():
+        try:
+            outcome = (True, fn(*args, **kwargs))
+        except Exception as e:  # sent to the others, so that they raise it too
+            error = e
+            try:
+                pickle.loads(pickle.dumps(e))
+                outcome = (False, e)
+            except Exception:
+                outcome = (False, RuntimeError(f"on process 0: {type(e).__name__}: {e}"))
+    ok, value = broadcast_from_host0(outcome)
+    if error is not None:
+        raise error
+    if not ok:
+        raise value
+    return value
 
 
 def is_writer() -> bool:

@@ -14,6 +14,13 @@ prompts and the zero-shot and ICL evaluations; those records are kept in `evals/
 
 Every file is written atomically (temp file + rename), so an interrupt loses at most the cell in
 progress and never leaves a partial file; rerunning the same command skips finished cells.
+
+Several processes (jax.distributed, e.g. one per host of a TPU pod slice, all running the same
+command): the run directory is process 0's. Each process evaluates its share of the queries
+(`distributed.evaluate_across_hosts`) and finetunes replicated; process 0 alone reads the directory
+(which cells are done, which stages are cached, the checkpoints) and broadcasts what it found, so
+every process runs the same stages and collectives even where the directory is not shared; process 0
+alone computes the metrics and writes every file, once. One process behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from jaxicl import metrics
+from jaxicl import distributed, metrics
 from jaxicl.data.prompts import PromptSet, build_prompts
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import JaxiclError
-from jaxicl.icl import EvalOptions, EvalResult, evaluate
+from jaxicl.icl import EvalOptions, EvalResult
 from jaxicl.io.results import machine, versions, write_json_atomic
 
 METHODS = ("gd", "lcgd")
@@ -160,13 +167,17 @@ def _load_result(path: Path) -> EvalResult | None:
         return None
 
 
-def cached_eval(path: Path, compute) -> tuple[EvalResult, bool]:
-    """(result, reused): the evaluation stored at `path`, or compute and store it."""
-    found = _load_result(path)
-    if found is not None:
+def cached_eval(path: Path, compute) -> tuple[EvalResult | None, bool]:
+    """(result, reused): the evaluation stored at `path`, or compute and store it.
+
+    Several processes: process 0's file decides for all, and only process 0 stores; where it reuses
+    the file, the others get None (only process 0 uses the results)."""
+    found = _load_result(path) if distributed.is_writer() else None
+    if distributed.broadcast_from_host0(found is not None):
         return found, True
     result = compute()
-    _save_npz_atomic(path, _result_arrays(result))
+    if distributed.is_writer():
+        _save_npz_atomic(path, _result_arrays(result))
     return result, False
 
 
@@ -209,8 +220,9 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         )  # fmt: skip
         params = transforms.reinit(lm.params, lm.config, variant, seed)
 
-    def ev(prefix, p=params):
-        return lambda: evaluate(p, lm.config, prefix, prompts.query_ids, prompts.candidate_ids, options)
+    def ev(prefix, p=params):  # each process scores its share of the queries; all get every result
+        return lambda: distributed.evaluate_across_hosts(
+            p, lm.config, prefix, prompts.query_ids, prompts.candidate_ids, options)
 
     step("zero-shot")
     with watch("zero_shot"):  # the trained model's zero-shot run is the same for every seed/perm
@@ -241,6 +253,8 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         with watch(f"ftzs_{cell.method}"):
             ft, _ = cached_eval(run_dir / "evals" / group_dir / f"{cell.method}-ft.npz",
                                 ev(prompts.zs_prefix_ids, result.params))
+        if not distributed.is_writer():  # the others only joined the collectives
+            continue
         ft_results[cell.method] = ft
         with watch(f"metrics_{cell.method}"):
             values = metrics.all_metrics(zs, icl, ft, gold=gold, seed=config.metric_seed)
@@ -281,18 +295,11 @@ def _groups(cells: Sequence[Cell]) -> Iterator[list[Cell]]:
         yield current
 
 
-def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, lm=None, quiet: bool = False) -> dict:
-    """Run every unfinished cell of the grid; returns counts of done/skipped/recomputed cells."""
-    from tqdm import tqdm
-
-    import jaxicl
-
-    run_dir = Path(run_dir)
+def _open_and_scan(run_dir: Path, config: RunConfig, force: bool) -> tuple[list[Cell], int, int]:
+    """(cells to run, finished cells, corrupt cell files) after opening the run directory."""
     open_run_dir(run_dir, config, force)
-    tasks = {task.name: task for task in map(get_task, config.tasks)}
-    cells = cells_of(config)
     todo, skipped, corrupt = [], 0, []
-    for cell in cells:
+    for cell in cells_of(config):
         found, problem = read_cell(run_dir / cell.relpath())
         if problem:
             corrupt.append(problem)
@@ -302,14 +309,30 @@ def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, l
             skipped += 1
     for problem in corrupt:
         print(f"jaxicl: corrupt cell file, recomputing: {problem}")
+    return todo, skipped, len(corrupt)
+
+
+def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, lm=None, quiet: bool = False) -> dict:
+    """Run every unfinished cell of the grid; returns counts of done/skipped/recomputed cells.
+
+    Several processes: every one calls this with the same arguments; process 0 opens and scans
+    `run_dir` and tells the others which cells to run (see the module docstring)."""
+    from tqdm import tqdm
+
+    import jaxicl
+
+    run_dir = Path(run_dir)
+    todo, skipped, recomputed = distributed.on_host0(_open_and_scan, run_dir, config, force)
+    tasks = {task.name: task for task in map(get_task, config.tasks)}
     if not todo:
-        return {"done": 0, "skipped": skipped, "recomputed": len(corrupt)}
+        return {"done": 0, "skipped": skipped, "recomputed": recomputed}
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
     try:
         lm = lm or jaxicl.load(config.model)
         load_s = time.perf_counter() - t0
+        quiet = quiet or not distributed.is_writer()
         overall = tqdm(total=len(todo), desc="cells", unit="cell", disable=quiet, position=0)
         for group in _groups(todo):
             bar = tqdm(total=4 + 2 * len(group), desc=f"{group[0].task}/{group[0].variant} seed {group[0].seed}",
@@ -325,5 +348,5 @@ def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, l
         overall.close()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    write_json_atomic(run_dir / "timing.json", {"load_s": load_s, "total_s": time.perf_counter() - t0})
-    return {"done": len(todo), "skipped": skipped, "recomputed": len(corrupt)}
+    distributed.write_once(run_dir / "timing.json", {"load_s": load_s, "total_s": time.perf_counter() - t0})
+    return {"done": len(todo), "skipped": skipped, "recomputed": recomputed}

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxicl import sharding
+from jaxicl import distributed, sharding
 from jaxicl import transforms as T
 from jaxicl.api import bucket, check_ids
 from jaxicl.data.prompts import PromptSet
@@ -519,13 +519,18 @@ def finetune_cached(
     finetune and save (only the stepped tensors and the records; the rest is `params`).
 
     base: identity of the starting params (e.g. "gemma3-270m/trained"); default: a sha256 of
-    every tensor (about a second per GB). A diverged run raises and writes nothing."""
+    every tensor (about a second per GB). A diverged run raises and writes nothing.
+
+    Several processes (jax.distributed): the checkpoint is process 0's. If it has one, its tensors
+    and records are broadcast, so every process goes on from the same params; if not, every process
+    finetunes (same data, same deterministic steps: simpler than one trainer plus a broadcast, and
+    each needs the params for its share of the evaluation) and process 0 alone saves."""
     mask = mask or T.kv_mask(config)
     base = base if base is not None else checkpoint.array_fingerprint(params)
     key = run_key(config, sequences, options, mask, base, label_starts)
     stepped, rest = T.split_params(params, mask.paths)
     expect = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stepped)}
-    found = checkpoint.restore(directory, key, expect=expect)
+    found = distributed.on_host0(checkpoint.restore, directory, key, expect=expect)
     if found is not None:
         tree, meta = found
         saved = jax.tree.map(jnp.asarray, tree["params"])
@@ -535,7 +540,8 @@ def finetune_cached(
         params, config, sequences, options, label_starts=label_starts, mask=mask, demo_names=demo_names
     )
     tree = {"params": T.split_params(result.params, mask.paths)[0], "records": result.records()}
-    checkpoint.save(directory, tree, key, meta={"seconds": result.seconds, "steps": len(result.losses)})
+    if distributed.is_writer():
+        checkpoint.save(directory, tree, key, meta={"seconds": result.seconds, "steps": len(result.losses)})
     return result, False
 
 

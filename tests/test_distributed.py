@@ -145,6 +145,14 @@ def test_gather_single_process_returns_local_results():
     assert out == local and out is not local
 
 
+def test_broadcast_and_on_host0_single_process_are_plain():
+    value = {"a": [1, 2]}
+    assert distributed.broadcast_from_host0(value) is value
+    assert distributed.on_host0(lambda x, y=0: x + y, 1, y=2) == 3
+    with pytest.raises(ZeroDivisionError):
+        distributed.on_host0(lambda: 1 / 0)
+
+
 def test_write_once_writes_on_process_zero_only(tmp_path, monkeypatch):
     path = tmp_path / "out" / "result.json"
     assert write_once(path, {"acc": 0.5}) == path
@@ -215,8 +223,16 @@ WORKER = textwrap.dedent("""
     rows = d.gather_to_host0([{"item": i, "square": i * i, "by": jax.process_index()} for i in mine])
     tiny = d.gather_to_host0(d.process_shard(["only"]))  # process 1 contributes nothing
     d.write_once(out, {"writer": jax.process_index(), "rows": rows})
+    told = d.broadcast_from_host0({"from": jax.process_index(), "text": "x" * 100 * (1 + jax.process_index())})
+    decided = d.on_host0(lambda: jax.process_index())  # runs on process 0 only
+    try:
+        d.on_host0(lambda: 1 / 0)
+        raised = ""
+    except ZeroDivisionError as e:  # process 0's exception, raised on every process
+        raised = type(e).__name__
     print("RESULT " + json.dumps({"index": jax.process_index(), "count": jax.process_count(),
-                                  "mine": mine, "rows": rows, "tiny": tiny, "writer": d.is_writer()}))
+                                  "mine": mine, "rows": rows, "tiny": tiny, "writer": d.is_writer(),
+                                  "told": told, "decided": decided, "raised": raised}))
 """)
 
 
@@ -252,6 +268,8 @@ def test_two_cpu_processes_shard_gather_and_write_once(tmp_path):
     assert [r["mine"] for r in results] == [list(range(6)), list(range(6, 11))]
     assert all(r["rows"] == expected_rows and r["tiny"] == ["only"] for r in results)
     assert [r["writer"] for r in results] == [True, False]
+    assert all(r["told"] == {"from": 0, "text": "x" * 100} and r["decided"] == 0 for r in results)
+    assert all(r["raised"] == "ZeroDivisionError" for r in results)
     assert json.loads(out.read_text()) == {"writer": 0, "rows": expected_rows}
     assert [p.name for p in out.parent.iterdir()] == ["result.json"]
 

@@ -4,6 +4,11 @@ A checkpoint directory holds `tree/` (an orbax checkpoint of a pytree of arrays)
 (the key, written last and atomically). `meta.json` is removed before `tree/` is rewritten, so a
 checkpoint whose meta is present is complete; an interrupted save leaves none, and `restore`
 returns None for it, for another key, or for anything unreadable, so the caller simply recomputes.
+
+In a multi-process run (jax.distributed) `save` and `restore` involve the calling process alone
+(orbax would otherwise wait for every process at its barriers): call them from one process, as
+`finetune_cached` does from process 0. There `save` stores numpy copies of the arrays, since orbax
+refuses one host's local jax.Arrays; they restore the same.
 """
 
 from __future__ import annotations
@@ -52,7 +57,11 @@ def array_fingerprint(tree: Any) -> str:
 def _checkpointer():
     import orbax.checkpoint as ocp
 
-    return ocp.StandardCheckpointer()
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()  # this process alone: no barriers with the others
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
 
 
 def save(directory: str | os.PathLike, tree: Any, key: str, meta: Mapping[str, Any] | None = None) -> Path:
@@ -60,6 +69,8 @@ def save(directory: str | os.PathLike, tree: Any, key: str, meta: Mapping[str, A
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / META_FILE).unlink(missing_ok=True)  # invalid from here until the new meta lands
+    if jax.process_count() > 1:
+        tree = jax.tree.map(np.asarray, tree)
     checkpointer = _checkpointer()
     checkpointer.save(directory / TREE_DIR, tree, force=True)
     checkpointer.wait_until_finished()
