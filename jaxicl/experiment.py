@@ -11,6 +11,7 @@ prompts and the zero-shot and ICL evaluations; those records are kept in `evals/
     RUN_DIR/checkpoints/<task>/<variant>/<method>-seed<S>-perm<P>/
     RUN_DIR/cells/<task>/<variant>/<method>-seed<S>-perm<P>.json   (deterministic: no wall times)
     RUN_DIR/seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json time per stage of that cell
+    RUN_DIR/timing.json   model load and elapsed time of the last invocation (rewritten after each group)
 
 Every file is written atomically (temp file + rename), so an interrupt loses at most the cell in
 progress and never leaves a partial file; rerunning the same command skips finished cells.
@@ -312,6 +313,10 @@ def _open_and_scan(run_dir: Path, config: RunConfig, force: bool) -> tuple[list[
     return todo, skipped, len(corrupt)
 
 
+def _all_written(run_dir: Path, cells: Sequence[Cell]) -> bool:
+    return all(read_cell(run_dir / cell.relpath())[0] is not None for cell in cells)
+
+
 def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, lm=None, quiet: bool = False) -> dict:
     """Run every unfinished cell of the grid; returns counts of done/skipped/recomputed cells.
 
@@ -329,12 +334,23 @@ def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, l
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
+    done = 0
+
+    def timing(finished: bool) -> None:  # after the load and every group: an interrupted run keeps it
+        distributed.write_once(run_dir / "timing.json", {
+            "load_s": load_s, "total_s": time.perf_counter() - t0, "cells_done": done, "finished": finished})
+
     try:
         lm = lm or jaxicl.load(config.model)
         load_s = time.perf_counter() - t0
+        timing(False)
         quiet = quiet or not distributed.is_writer()
         overall = tqdm(total=len(todo), desc="cells", unit="cell", disable=quiet, position=0)
         for group in _groups(todo):
+            if distributed.on_host0(_all_written, run_dir, group):  # e.g. by another machine meanwhile
+                skipped += len(group)
+                overall.update(len(group))
+                continue
             bar = tqdm(total=4 + 2 * len(group), desc=f"{group[0].task}/{group[0].variant} seed {group[0].seed}",
                        leave=False, disable=quiet, position=1)
 
@@ -345,8 +361,10 @@ def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, l
             run_group(lm, config, run_dir, tasks[group[0].task], group, progress=progress)
             bar.close()
             overall.update(len(group))
+            done += len(group)
+            timing(False)
         overall.close()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    distributed.write_once(run_dir / "timing.json", {"load_s": load_s, "total_s": time.perf_counter() - t0})
-    return {"done": len(todo), "skipped": skipped, "recomputed": recomputed}
+    timing(True)
+    return {"done": done, "skipped": skipped, "recomputed": recomputed}

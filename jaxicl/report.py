@@ -966,8 +966,8 @@ def _time_section(totals: Mapping[str, Mapping[str, Any]], timing: Mapping[str, 
         lines.append(f"Model load: {timing['load_s']:.1f} s; that invocation's total: {timing['total_s']:.1f} s "
                      "(timing.json: the last `jaxicl run` invocation only, a resumed run overwrites it).")
     else:
-        lines.append("Model load: not recorded (no usable timing.json; a `jaxicl run` invocation writes it when "
-                     "it finishes).")
+        lines.append("Model load: not recorded (no usable timing.json; a `jaxicl run` invocation writes it after "
+                     "loading the model and after every group).")
     return lines
 
 
