@@ -34,6 +34,22 @@ from jaxicl.icl import EvalOptions, evaluate
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_processes(argvs: list[list[str]], envs: list[dict], timeout: float) -> list:
+    """Run one Python process per argv (with its env, in the repo), wait for all (killing any left
+    at the timeout), assert each exited 0 and return the JSON each printed after "RESULT "."""
+    procs = [subprocess.Popen([sys.executable, *argv], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for argv, env in zip(argvs, envs)]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text
+    return [json.loads(text.split("RESULT ", 1)[1]) for text in outputs]
+
+
 # ---- sharding ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("count", range(1, 9))
@@ -251,18 +267,7 @@ def test_two_cpu_processes_shard_gather_and_write_once(tmp_path):
     base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     envs = [base, {**base, "JAXICL_COORDINATOR": f"localhost:{port}", "JAXICL_NUM_PROCESSES": "2",
                    "JAXICL_PROCESS_ID": "1"}]
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(out)], env=envs[i],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    results = []
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text
-        results.append(json.loads(text.split("RESULT ", 1)[1]))
+    results = run_processes([[str(script), str(i), str(port), str(out)] for i in range(2)], envs, timeout=120)
     expected_rows = [{"item": i, "square": i * i, "by": 0 if i < 6 else 1} for i in range(11)]
     assert [r["index"] for r in results] == [0, 1] and all(r["count"] == 2 for r in results)
     assert [r["mine"] for r in results] == [list(range(6)), list(range(6, 11))]
@@ -319,18 +324,7 @@ def test_two_cpu_processes_evaluate_their_shards_and_gather(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAXICL_")}
     flags = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=flags.strip())
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port)], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    results = []
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text
-        results.append(json.loads(text.split("RESULT ", 1)[1]))
+    results = run_processes([[str(script), str(i), str(port)] for i in range(2)], [env, env], timeout=300)
     assert [r["local"] for r in results] == [4, 3]
     for r in results:
         assert r["devices"] == [2, 4] and r["mesh"] == {"data": 2, "model": 1} and r["n"] == 7

@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 
 import jaxicl  # noqa: E402
 from jaxicl.experiment import run  # noqa: E402
-from tests.test_distributed import REPO, free_port  # noqa: E402
+from tests.test_distributed import REPO, free_port, run_processes  # noqa: E402
 from tests.test_experiment import _config, task_spec  # noqa: E402, F401 (task_spec: a fixture)
 from tests.test_hf_parity import _save_tiny  # noqa: E402
 
@@ -86,18 +86,9 @@ def test_two_processes_write_the_cells_of_one_once_and_resume(task_spec, tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAXICL_")}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     config_json = json.dumps(dataclasses.asdict(config))
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(model), config_json,
-                               str([shared, private][i])], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text
-        assert json.loads(text.split("RESULT ", 1)[1]) == [
+    argvs = [[str(script), str(i), str(port), str(model), config_json, str([shared, private][i])] for i in range(2)]
+    for counts in run_processes(argvs, [env, env], timeout=240):
+        assert counts == [
             {"done": 2, "skipped": 0, "recomputed": 0},
             {"done": 1, "skipped": 1, "recomputed": 0},  # the lost cell, from process 0's checkpoint
             {"done": 0, "skipped": 2, "recomputed": 0},
