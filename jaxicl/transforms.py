@@ -194,13 +194,14 @@ def _table_rows(table: Array, targets: Array, transposed: bool) -> Array:
     return (table[:, targets].T if transposed else table[targets]).astype(jnp.float32)
 
 
-def _readout_map(fn, x: Array, group: int):
-    """lax.map of fn over groups of `group` layers of x [L', N, d] (zero-padded to a multiple)."""
-    n = x.shape[0]
-    pad = -n % group
-    xs = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    out = jax.lax.map(fn, xs.reshape((-1, group) + x.shape[1:]))
-    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
+def _in_groups(tree, group: int):
+    """Each leaf [L', ...] zero-padded to a multiple of `group` layers and split [L'/group, group, ...]."""
+    def split(a):
+        pad = -a.shape[0] % group
+        a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+        return a.reshape((-1, group) + a.shape[1:])
+
+    return jax.tree.map(split, tree)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -219,16 +220,14 @@ def _readout_xent_fwd(x, table, targets, weights, group, transposed, softcap):
         dx = jnp.einsum(eq, dense, table.astype(jnp.float32)) - sparse[..., None] * rows
         return nll.sum(-1), dx.astype(x.dtype)
 
-    losses, dx = _readout_map(one, x, group)
+    grouped = jax.lax.map(one, _in_groups(x, group))
+    losses, dx = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[: x.shape[0]], grouped)
     return losses, (x, table, targets, scale, dx)
 
 
 def _readout_xent_bwd(group, transposed, softcap, residuals, cotangent):
     x, table, targets, scale, dx = residuals
     ct = cotangent.astype(jnp.float32)
-    pad = -x.shape[0] % group
-    xs = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    cs = jnp.concatenate([ct, jnp.zeros((pad,), ct.dtype)]) if pad else ct
 
     def table_grad(args):  # recomputed only if the table itself is differentiated (else dead code)
         xg, cg = args
@@ -239,7 +238,7 @@ def _readout_xent_bwd(group, transposed, softcap, residuals, cotangent):
         grad = jnp.einsum(eq, dense, xf)
         return grad.at[:, targets].add(-at_targets.T) if transposed else grad.at[targets].add(-at_targets)
 
-    d_table = jax.lax.map(table_grad, (xs.reshape((-1, group) + x.shape[1:]), cs.reshape(-1, group))).sum(0)
+    d_table = jax.lax.map(table_grad, _in_groups((x, ct), group)).sum(0)
     d_x = (dx * ct[:, None, None]).astype(x.dtype)
     return d_x, d_table.astype(table.dtype), None, None
 
