@@ -8,6 +8,7 @@ is complete before the untrained baselines of Table 1 start.
 
     python experiments/reproduce_paper.py                       # gemma3-270m, n-eval 200 on CPU
     python experiments/reproduce_paper.py --variants trained    # Table 2 only (the budgeted run)
+    python experiments/reproduce_paper.py --only method=gd      # GD cells first (Table 1 is GD only)
     python experiments/reproduce_paper.py --model hf:KoboldAI/fairseq-dense-1.3B --out runs/paper-1.3b
 
 Defaults: `gemma3-270m`; `--n-eval 200` on a CPU and the full eval sets (at most 2000 examples, as
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/reproduce", help="the run directory (resumable)")
     parser.add_argument("--report", default=None, help="where to write the report (default RUN_DIR/report)")
     parser.add_argument("--compile-cache", default=None, help="persistent XLA compilation cache directory")
+    parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                           help="run only this slice of the grid now, e.g. method=gd or task=sst2,mr (repeatable; KEY: task, variant, method, seed, perm); rerun without it for the rest")
     parser.add_argument("--force", action="store_true", help="reuse a run directory written by another config")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         from jaxicl import compile_cache, distributed
-        from jaxicl.experiment import run
+        from jaxicl.experiment import parse_only, run
         from jaxicl.report import write_report
 
         distributed.initialize()  # several hosts (tpu/run.sh): one process each; before any JAX call
@@ -91,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             compile_cache.enable(args.compile_cache)
         config = run_config(args)
         t0 = time.perf_counter()
-        counts = run(config, args.out, force=args.force, quiet=args.quiet)
+        counts = run(config, args.out, force=args.force, only=parse_only(args.only), quiet=args.quiet)
         print(f"{args.out}: {counts['done']} cells run, {counts['skipped']} already done, "
-              f"{counts['recomputed']} corrupt cell files recomputed, in {time.perf_counter() - t0:.0f} s")
+              f"{counts['recomputed']} corrupt cell files recomputed, {counts['deferred']} left for a run "
+              f"without --only, in {time.perf_counter() - t0:.0f} s")
         if distributed.is_writer():  # the run directory is process 0's
             print(f"wrote {write_report(args.out, args.report)}")
     except JaxiclError as e:

@@ -82,7 +82,7 @@ def _csv(text: str | None, cast=str) -> tuple | None:
 
 def _run(args: argparse.Namespace) -> None:
     from jaxicl import distributed
-    from jaxicl.experiment import RunConfig, run
+    from jaxicl.experiment import RunConfig, parse_only, run
 
     distributed.initialize()  # joins the other processes of a multi-host run; else a no-op
 
@@ -98,9 +98,9 @@ def _run(args: argparse.Namespace) -> None:
         variants=_csv(args.variants), k=args.k, n_eval=args.n_eval, max_len=args.max_len,
         batch_size=args.batch_size, data_dir=args.data_dir,
     )  # fmt: skip
-    counts = run(config, args.out, force=args.force)
+    counts = run(config, args.out, force=args.force, only=parse_only(args.only))
     print(f"{args.out}: {counts['done']} cells run, {counts['skipped']} already done, "
-          f"{counts['recomputed']} corrupt cell files recomputed")
+          f"{counts['recomputed']} corrupt cell files recomputed, {counts['deferred']} left for a run without --only")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--batch-size", type=int, default=16)
     rn.add_argument("--data-dir", default=None)
     rn.add_argument("--out", required=True, help="the run directory")
+    rn.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                       help="run only this slice of the grid now, e.g. method=gd or task=sst2,mr (repeatable; KEY: task, variant, method, seed, perm); rerun without it for the rest")
     rn.add_argument("--force", action="store_true", help="reuse a run directory written by another config")
     rn.set_defaults(func=_run)
 

@@ -270,8 +270,11 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
             "demo_indices": list(prompts.demo_indices), "format": prompts.format.to_dict(),
             "config": config.to_json(), "versions": versions(),
         }  # fmt: skip
-        if cell.method == "lcgd" and "gd" in ft_results:
-            a = metrics.alpha_metrics(zs, ft_results["lcgd"], ft_results["gd"])
+        # α needs GD's finetuned records: from this group, else from the cache (a resumed group
+        # or an `only` slice that ran GD earlier)
+        gd_ft = ft_results.get("gd") or _load_result(run_dir / "evals" / group_dir / "gd-ft.npz")
+        if cell.method == "lcgd" and gd_ft is not None:
+            a = metrics.alpha_metrics(zs, ft_results["lcgd"], gd_ft)
             record["alpha"] = {"per_layer": a["per_layer"]["alpha"], "scalar": a["scalar"]["alpha"]}
         write_json_atomic(run_dir / "seconds" / cell.relpath().relative_to("cells"), dict(watch.seconds))
         written.append(write_json_atomic(run_dir / cell.relpath(), record))
@@ -296,8 +299,36 @@ def _groups(cells: Sequence[Cell]) -> Iterator[list[Cell]]:
         yield current
 
 
+SELECT_KEYS = ("task", "variant", "method", "seed", "perm")
+
+
+def parse_only(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """`KEY=V1,V2` strings (the `--only` flags) → {key: values}: a slice of the grid to run now."""
+    only: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or key not in SELECT_KEYS or not values:
+            raise JaxiclError(f"--only takes KEY=V1,V2 with KEY one of {', '.join(SELECT_KEYS)}; got {item!r}")
+        only[key] = only.get(key, ()) + tuple(v for v in values.split(",") if v)
+    return only
+
+
+def select_cells(cells: Sequence[Cell], only: dict[str, Sequence[str]], grid: Sequence[Cell]) -> list[Cell]:
+    """The cells matching every key of `only`; a value that matches no cell of the `grid` is an
+    error, so a typo never silently selects nothing."""
+    for key, values in only.items():
+        if key not in SELECT_KEYS:
+            raise JaxiclError(f"cannot select cells by {key!r}; use one of {', '.join(SELECT_KEYS)}")
+        present = {str(getattr(c, key)) for c in grid}
+        unknown = [str(v) for v in values if str(v) not in present]
+        if unknown:
+            raise JaxiclError(f"--only {key}={','.join(unknown)} matches no cell of this config's grid "
+                              f"(its {key}s: {', '.join(sorted(present))})")
+    return [c for c in cells if all(str(getattr(c, k)) in {str(v) for v in vs} for k, vs in only.items())]
+
+
 def _open_and_scan(run_dir: Path, config: RunConfig, force: bool) -> tuple[list[Cell], int, int]:
-    """(cells to run, finished cells, corrupt cell files) after opening the run directory."""
+    """(unfinished cells, finished cells, corrupt cell files) after opening the run directory."""
     open_run_dir(run_dir, config, force)
     todo, skipped, corrupt = [], 0, []
     for cell in cells_of(config):
@@ -317,8 +348,18 @@ def _all_written(run_dir: Path, cells: Sequence[Cell]) -> bool:
     return all(read_cell(run_dir / cell.relpath())[0] is not None for cell in cells)
 
 
-def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, lm=None, quiet: bool = False) -> dict:
-    """Run every unfinished cell of the grid; returns counts of done/skipped/recomputed cells.
+def run(
+    config: RunConfig,
+    run_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    only: dict[str, Sequence[str]] | None = None,
+    lm=None,
+    quiet: bool = False,
+) -> dict:
+    """Run every unfinished cell of the grid, or of its slice `only` (e.g. {"method": ["gd"]}: the
+    rest stays for a later run of the same config); returns counts of cells done, skipped (finished
+    before), recomputed (their file was corrupt) and deferred (unfinished, outside `only`).
 
     Several processes: every one calls this with the same arguments; process 0 opens and scans
     `run_dir` and tells the others which cells to run (see the module docstring)."""
@@ -328,9 +369,15 @@ def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, l
 
     run_dir = Path(run_dir)
     todo, skipped, recomputed = distributed.on_host0(_open_and_scan, run_dir, config, force)
+    if only:
+        unfinished = len(todo)
+        todo = select_cells(todo, only, grid=cells_of(config))
+        deferred = unfinished - len(todo)
+    else:
+        deferred = 0
     tasks = {task.name: task for task in map(get_task, config.tasks)}
     if not todo:
-        return {"done": 0, "skipped": skipped, "recomputed": recomputed}
+        return {"done": 0, "skipped": skipped, "recomputed": recomputed, "deferred": deferred}
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
@@ -367,4 +414,4 @@ def run(config: RunConfig, run_dir: str | os.PathLike, *, force: bool = False, l
     finally:
         signal.signal(signal.SIGTERM, previous)
     timing(True)
-    return {"done": done, "skipped": skipped, "recomputed": recomputed}
+    return {"done": done, "skipped": skipped, "recomputed": recomputed, "deferred": deferred}

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 import jaxicl  # noqa: E402
 from jaxicl import experiment  # noqa: E402
 from jaxicl.errors import JaxiclError  # noqa: E402
-from jaxicl.experiment import RunConfig, read_cell, run  # noqa: E402
+from jaxicl.experiment import RunConfig, parse_only, read_cell, run  # noqa: E402
 from tests.test_hf_parity import _save_tiny  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def _cell_files(run_dir):
 def test_run_writes_one_complete_cell_per_grid_point(tiny_lm, task_spec, tmp_path):
     counts = run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True)
     files = _cell_files(tmp_path)
-    assert counts == {"done": 4, "skipped": 0, "recomputed": 0} and len(files) == 4
+    assert counts == {"done": 4, "skipped": 0, "recomputed": 0, "deferred": 0} and len(files) == 4
     cell = json.loads(files[0].read_text())
     L = tiny_lm.config.n_layers
     for key in ("simaou_norm", "simaou", "simam", "simam_delta", "zsl_simam", "random_simaou"):
@@ -78,7 +78,7 @@ def test_rerun_skips_finished_cells_and_recomputes_nothing(tiny_lm, task_spec, t
         raise AssertionError("a finished cell was recomputed")
 
     monkeypatch.setattr(experiment, "run_group", fail)
-    assert run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True) == {"done": 0, "skipped": 4, "recomputed": 0}
+    assert run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True) == {"done": 0, "skipped": 4, "recomputed": 0, "deferred": 0}
     assert {p: p.read_bytes() for p in _cell_files(tmp_path)} == before
 
 
@@ -117,7 +117,7 @@ def test_corrupt_cell_is_reported_and_recomputed(tiny_lm, task_spec, tmp_path, c
     good = json.loads(victim.read_text())
     victim.write_text(victim.read_text()[:50])
     counts = run(_config(task_spec, methods=("gd",)), tmp_path, lm=tiny_lm, quiet=True)
-    assert counts == {"done": 1, "skipped": 1, "recomputed": 1}
+    assert counts == {"done": 1, "skipped": 1, "recomputed": 1, "deferred": 0}
     assert "corrupt cell file" in capsys.readouterr().out
     again = json.loads(victim.read_text())
     assert again["per_layer"] == good["per_layer"] and again["accuracy"] == good["accuracy"]
@@ -130,3 +130,41 @@ def test_same_config_and_seed_give_the_same_numbers(tiny_lm, task_spec, tmp_path
     for pa, pb in zip(_cell_files(a), _cell_files(b)):
         assert pa.read_bytes() == pb.read_bytes()
     assert json.loads((a / "seconds/tiny/trained/lcgd-seed1-perm0.json").read_text())["finetune_lcgd"] > 0
+
+
+def test_a_slice_now_and_the_rest_later_write_the_same_files_as_one_run(tiny_lm, task_spec, tmp_path):
+    whole, sliced = tmp_path / "whole", tmp_path / "sliced"
+    run(_config(task_spec), whole, lm=tiny_lm, quiet=True)
+    counts = run(_config(task_spec), sliced, lm=tiny_lm, quiet=True, only=parse_only(["method=gd", "seed=1,2"]))
+    assert counts == {"done": 2, "skipped": 0, "recomputed": 0, "deferred": 2}
+    assert [p.name for p in _cell_files(sliced)] == ["gd-seed1-perm0.json", "gd-seed2-perm1.json"]
+    # the LCGD cells then run alone: α comes from GD's cached finetuned records
+    assert run(_config(task_spec), sliced, lm=tiny_lm, quiet=True) == {
+        "done": 2, "skipped": 2, "recomputed": 0, "deferred": 0}
+    for pa, pb in zip(_cell_files(whole), _cell_files(sliced), strict=True):
+        assert pa.read_bytes() == pb.read_bytes()
+    assert "alpha" in json.loads((sliced / "cells/tiny/trained/lcgd-seed2-perm1.json").read_text())
+
+
+@pytest.mark.parametrize("only, message", [
+    (["method"], r"--only takes KEY=V1,V2"),
+    (["colour=red"], r"--only takes KEY=V1,V2 with KEY one of task, variant"),
+    (["method=gd,sgd"], r"--only method=sgd matches no cell of this config's grid \(its methods: gd, lcgd\)"),
+    (["task=sst2"], r"--only task=sst2 matches no cell"),
+])  # fmt: skip
+def test_a_slice_that_names_nothing_in_the_grid_is_refused(tiny_lm, task_spec, tmp_path, only, message):
+    with pytest.raises(JaxiclError, match=message):
+        run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True, only=parse_only(only))
+    assert not _cell_files(tmp_path)
+
+
+def test_cli_run_takes_a_slice(tiny_lm, task_spec, tmp_path, capsys):
+    from jaxicl import cli
+
+    argv = ["run", "--model", tiny_lm.source, "--tasks", task_spec, "--k", "4", "--n-eval", "6", "--batch-size", "4",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert cli.main([*argv, "--only", "method=gd", "--only", "seed=2"]) == 0
+    assert "1 cells run, 0 already done, 0 corrupt cell files recomputed, 3 left" in capsys.readouterr().out
+    assert [p.name for p in _cell_files(tmp_path)] == ["gd-seed2-perm1.json"]
+    assert cli.main([*argv, "--only", "perm=7"]) == 2
+    assert "--only perm=7 matches no cell" in capsys.readouterr().err
