@@ -10,11 +10,12 @@ import csv
 import re
 from pathlib import Path
 
+from jaxicl.report import METRIC_LABELS, PAPER_TASKS, TABLE_METRICS, VARIANT_LABELS
+
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "results" / "report"
-TASK_COLUMNS = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
-METRIC_NAMES = {"SimAOU_norm": "simaou_norm", "SimAOU": "simaou", "SimAM": "simam", "SimAM_Δ": "simam_delta"}
-VARIANT_NAMES = {"Trained": "trained", "Trained Embeddings": "trained-embeddings", "No Training": "no-training"}
+METRIC_BY_LABEL = {METRIC_LABELS[metric]: metric for metric in TABLE_METRICS}
+VARIANT_BY_LABEL = {label: variant for variant, label in VARIANT_LABELS.items()}
 
 
 def _report_means(name: str, row_column: str) -> dict[tuple[str, str, str], float]:
@@ -46,7 +47,7 @@ def test_table2_averages_match_report():
     means = _report_means("table2.csv", "method")
     checked = 0
     for text in _readmes():
-        for label, metric in METRIC_NAMES.items():
+        for label, metric in METRIC_BY_LABEL.items():
             for cells in _table_rows(text, label):
                 if len(cells) != 5:
                     continue
@@ -63,10 +64,10 @@ def test_table1_matches_report():
     for text in _readmes():
         for label in ("SimAOU", "SimAM_Δ"):
             for cells in _table_rows(text, label):
-                if len(cells) != 2 + len(TASK_COLUMNS) or cells[1] not in VARIANT_NAMES:
+                if len(cells) != 2 + len(PAPER_TASKS) or cells[1] not in VARIANT_BY_LABEL:
                     continue
-                for task, cell in zip(TASK_COLUMNS, cells[2:]):
-                    expected = round(means[(METRIC_NAMES[label], VARIANT_NAMES[cells[1]], task)], 2)
+                for task, cell in zip(PAPER_TASKS, cells[2:]):
+                    expected = round(means[(METRIC_BY_LABEL[label], VARIANT_BY_LABEL[cells[1]], task)], 2)
                     assert _ours(cell) == expected, (label, cells[1], task, cell, expected)
                 checked += 1
     assert checked == 12, "each README has a six-row Table 1"
