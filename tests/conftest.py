@@ -1,8 +1,21 @@
-"""Shared test setup: the datasets live outside the repo, in ../shared/data (or $JAXICL_DATA_DIR)."""
+"""Shared test setup.
+
+The datasets live outside the repo, in ../shared/data (or $JAXICL_DATA_DIR). The two shipped
+GGUF models, and transformers' own loading of them (the parity reference), are loaded once per
+test session and shared by every real-model module: loading them is most of those tests' cost
+(transformers dequantizes Gemma's 262k-row embedding in Python). Tests must not modify them.
+
+XLA compiles the test session's programs with its CPU backend optimisations lowered: the suite
+compiles hundreds of small programs, and this cuts its compile time by about a third while the
+code path and the numbers checked stay the same (the real-model tests pass either way). Set
+JAXICL_TEST_FULL_XLA=1 to test with XLA's default optimisations. Subprocesses inherit the flags.
+"""
 
 from __future__ import annotations
 
 import os
+import resource
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +24,13 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("JAXICL_DATA_DIR", REPO.parent / "shared" / "data"))
 os.environ.setdefault("JAXICL_DATA_DIR", str(DATA_DIR))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if os.environ.get("JAXICL_TEST_FULL_XLA") != "1" and FAST_COMPILE_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}".strip()
+
+REAL_MODELS = ("gemma3-270m", "smollm2-135m")
+# Every real-model module joins this xdist group, so one worker loads the real models once.
+REAL_MODEL_GROUP = pytest.mark.xdist_group("real_models")
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +38,77 @@ def data_dir() -> Path:
     if not (DATA_DIR / "sst2").exists():
         pytest.fail(f"datasets not found at {DATA_DIR}; set JAXICL_DATA_DIR")
     return DATA_DIR
+
+
+def _once(load):
+    """A session-scoped getter: name -> load(name), each name loaded on its first request."""
+    loaded = {}
+
+    def get(name: str):
+        if name not in loaded:
+            start = time.perf_counter()
+            loaded[name] = load(name)
+            peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+            print(f"\n{load.__name__}({name}): {time.perf_counter() - start:.1f} s, peak RSS so far {peak_gb:.2f} GB")
+        return loaded[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_lm():
+    """name -> jaxicl.load(name) (through load_gguf), shared by the session."""
+    import jaxicl
+
+    def jaxicl_load(name: str):
+        return jaxicl.load(name)
+
+    return _once(jaxicl_load)
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """name -> transformers' float32 model read from the same GGUF file by its own loader (eval mode)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jaxicl.io import registry
+
+    def transformers_model(name: str):
+        path = registry.resolve(name)
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+        ).eval()
+
+    return _once(transformers_model)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer():
+    """name -> transformers' tokenizer read from the same GGUF file."""
+    transformers = pytest.importorskip("transformers")
+    from jaxicl.io import registry
+
+    def transformers_tokenizer(name: str):
+        path = registry.resolve(name)
+        return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+    return _once(transformers_tokenizer)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core, at most 4 (each worker holds its own JAX and torch)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Refuse to run when --dist loadgroup silently stopped grouping (pytest 9.2 with
+    pytest-xdist 3.8): the real-model loads would then be repeated on every worker."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        if any(True for _ in item.iter_markers("xdist_group")) and "@" not in item.nodeid:
+            raise pytest.UsageError(
+                f"pytest {pytest.__version__} with this pytest-xdist ignores xdist_group marks; "
+                "install pytest<9.2 (pyproject's test extra) or run with -p no:xdist"
+            )

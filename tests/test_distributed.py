@@ -32,6 +32,8 @@ from jaxicl.distributed import (
 from jaxicl.icl import EvalOptions, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
+# One worker runs the whole module, so its two-process launch (module-scoped) runs once.
+pytestmark = pytest.mark.xdist_group("distributed")
 
 
 def run_processes(argvs: list[list[str]], envs: list[dict], timeout: float) -> list:
@@ -233,7 +235,13 @@ WORKER = textwrap.dedent("""
     else:
         assert d.initialize()
     assert d.initialize() is True  # idempotent once running
-    import jax
+    import jax, numpy as np
+    from jaxicl.errors import InputError
+    from jaxicl.icl import EvalOptions, evaluate
+    from jaxicl.sharding import make_mesh
+    from tests.test_icl import CONFIGS, ICL_PREFIX, MULTI, QUERIES, _random_params
+
+    # shard, gather, write once, broadcast
     items = list(range(11))
     mine = d.process_shard(items)
     rows = d.gather_to_host0([{"item": i, "square": i * i, "by": jax.process_index()} for i in mine])
@@ -246,50 +254,8 @@ WORKER = textwrap.dedent("""
         raised = ""
     except ZeroDivisionError as e:  # process 0's exception, raised on every process
         raised = type(e).__name__
-    print("RESULT " + json.dumps({"index": jax.process_index(), "count": jax.process_count(),
-                                  "mine": mine, "rows": rows, "tiny": tiny, "writer": d.is_writer(),
-                                  "told": told, "decided": decided, "raised": raised}))
-""")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def test_two_cpu_processes_shard_gather_and_write_once(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    out = tmp_path / "run" / "result.json"
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("JAXICL_")}
-    base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    envs = [base, {**base, "JAXICL_COORDINATOR": f"localhost:{port}", "JAXICL_NUM_PROCESSES": "2",
-                   "JAXICL_PROCESS_ID": "1"}]
-    results = run_processes([[str(script), str(i), str(port), str(out)] for i in range(2)], envs, timeout=120)
-    expected_rows = [{"item": i, "square": i * i, "by": 0 if i < 6 else 1} for i in range(11)]
-    assert [r["index"] for r in results] == [0, 1] and all(r["count"] == 2 for r in results)
-    assert [r["mine"] for r in results] == [list(range(6)), list(range(6, 11))]
-    assert all(r["rows"] == expected_rows and r["tiny"] == ["only"] for r in results)
-    assert [r["writer"] for r in results] == [True, False]
-    assert all(r["told"] == {"from": 0, "text": "x" * 100} and r["decided"] == 0 for r in results)
-    assert all(r["raised"] == "ZeroDivisionError" for r in results)
-    assert json.loads(out.read_text()) == {"writer": 0, "rows": expected_rows}
-    assert [p.name for p in out.parent.iterdir()] == ["result.json"]
-
-
-EVAL_WORKER = textwrap.dedent("""
-    import json, sys
-    from jaxicl import distributed as d
-    process_id, port = int(sys.argv[1]), sys.argv[2]
-    assert d.initialize(f"localhost:{port}", 2, process_id)
-    import jax, numpy as np
-    from jaxicl.errors import InputError
-    from jaxicl.icl import EvalOptions, evaluate
-    from jaxicl.sharding import make_mesh
-    from tests.test_icl import CONFIGS, ICL_PREFIX, MULTI, QUERIES, _random_params
-
+    # evaluation across hosts, each on a data mesh of its own 2 devices
     config = CONFIGS["llama"]
     params = _random_params(config)
     options = EvalOptions(batch_size=4)
@@ -305,6 +271,8 @@ EVAL_WORKER = textwrap.dedent("""
     diff = lambda a, b: float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
     scale = lambda a: max(1.0, float(np.abs(a).max()))  # float32 rounding grows with magnitude
     print("RESULT " + json.dumps({
+        "index": jax.process_index(), "count": jax.process_count(), "mine": mine, "rows": rows, "tiny": tiny,
+        "writer": d.is_writer(), "told": told, "decided": decided, "raised": raised,
         "devices": [jax.local_device_count(), jax.device_count()], "mesh": dict(mesh.shape), "refused": refused,
         "n": len(got.scores), "local": len(d.process_shard(QUERIES)),
         "same_predictions": bool(np.array_equal(got.predictions, want.predictions)),
@@ -316,15 +284,45 @@ EVAL_WORKER = textwrap.dedent("""
 """)
 
 
-def test_two_cpu_processes_evaluate_their_shards_and_gather(tmp_path):
-    """Two hosts with two devices each: a local data mesh per host, queries split 4 / 3."""
-    script = tmp_path / "eval_worker.py"
-    script.write_text(EVAL_WORKER)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """One launch of two processes with two CPU devices each; every test below reads its results."""
+    tmp = tmp_path_factory.mktemp("two-processes")
+    script = tmp / "worker.py"
+    script.write_text(WORKER)
+    out = tmp / "run" / "result.json"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAXICL_")}
-    flags = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=flags.strip())
-    results = run_processes([[str(script), str(i), str(port)] for i in range(2)], [env, env], timeout=300)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("JAXICL_")}
+    flags = base.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=flags.strip())
+    envs = [base, {**base, "JAXICL_COORDINATOR": f"localhost:{port}", "JAXICL_NUM_PROCESSES": "2",
+                   "JAXICL_PROCESS_ID": "1"}]
+    results = run_processes([[str(script), str(i), str(port), str(out)] for i in range(2)], envs, timeout=300)
+    return results, out
+
+
+def test_two_cpu_processes_shard_gather_and_write_once(two_processes):
+    results, out = two_processes
+    expected_rows = [{"item": i, "square": i * i, "by": 0 if i < 6 else 1} for i in range(11)]
+    assert [r["index"] for r in results] == [0, 1] and all(r["count"] == 2 for r in results)
+    assert [r["mine"] for r in results] == [list(range(6)), list(range(6, 11))]
+    assert all(r["rows"] == expected_rows and r["tiny"] == ["only"] for r in results)
+    assert [r["writer"] for r in results] == [True, False]
+    assert all(r["told"] == {"from": 0, "text": "x" * 100} and r["decided"] == 0 for r in results)
+    assert all(r["raised"] == "ZeroDivisionError" for r in results)
+    assert json.loads(out.read_text()) == {"writer": 0, "rows": expected_rows}
+    assert [p.name for p in out.parent.iterdir()] == ["result.json"]
+
+
+def test_two_cpu_processes_evaluate_their_shards_and_gather(two_processes):
+    """Two hosts with two devices each: a local data mesh per host, queries split 4 / 3."""
+    results, _ = two_processes
     assert [r["local"] for r in results] == [4, 3]
     for r in results:
         assert r["devices"] == [2, 4] and r["mesh"] == {"data": 2, "model": 1} and r["n"] == 7

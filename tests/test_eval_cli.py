@@ -30,6 +30,8 @@ from jaxicl import cli  # noqa: E402
 from jaxicl.data import build_prompts, get_task  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+# One worker runs the whole module, so its module-scoped model, tokenizer and eval runs are built once.
+pytestmark = pytest.mark.xdist_group("eval_cli")
 TREC_SPEC = REPO / "experiments" / "tasks" / "trec.json"
 VOCAB = 768
 WINDOW = 1024

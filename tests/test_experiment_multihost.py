@@ -71,6 +71,7 @@ def _assert_close(got, want, where=""):
         assert got == want, where
 
 
+@pytest.mark.slow  # two processes, each running the tiny grid three times
 def test_two_processes_write_the_cells_of_one_once_and_resume(task_spec, tmp_path):  # noqa: F811
     model = tmp_path / "model"
     _save_tiny("gemma3", model)

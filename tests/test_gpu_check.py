@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAST_COMPILE_XLA_FLAGS
+
 REPO = Path(__file__).resolve().parent.parent
+# One worker runs the whole module, so its gpu_check.py subprocess (module-scoped) runs once.
+pytestmark = pytest.mark.xdist_group("gpu_check")
 SCRIPT = REPO / "experiments" / "gpu_check.py"
 BLOCKED = ("transformers", "torch", "gguf", "datasets", "tokenizers", "sentencepiece", "safetensors")
 RUNNER = f"""
@@ -27,7 +31,6 @@ for name in {BLOCKED!r}:
 sys.argv = [{str(SCRIPT)!r}] + sys.argv[1:]
 runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
 """
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _load_script():
@@ -44,7 +47,7 @@ gpu_check = _load_script()
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_check")
     out, cache = tmp / "out.json", tmp / "xla-cache"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=FAST_XLA)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=FAST_COMPILE_XLA_FLAGS)
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, "--tiny", "--out", str(out), "--compile-cache", str(cache)],
         cwd=tmp, env=env, capture_output=True, text=True, timeout=240,
@@ -53,6 +56,7 @@ def tiny_run(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout, cache
 
 
+@pytest.mark.slow  # the --tiny run: a subprocess compiling 2 models x 2 dtypes
 def test_tiny_rows_are_complete_and_positive(tiny_run):
     payload, stdout, _ = tiny_run
     rows = payload["rows"]
@@ -73,6 +77,7 @@ def test_tiny_rows_are_complete_and_positive(tiny_run):
     assert len(table) == 1 + len(rows) and "ICL queries/s" in table[0]
 
 
+@pytest.mark.slow  # the --tiny run: a subprocess compiling 2 models x 2 dtypes
 def test_compile_cache_is_written(tiny_run):
     payload, _, cache = tiny_run
     assert payload["compile_cache"] == str(cache.resolve())

@@ -19,13 +19,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import jaxicl  # noqa: E402
 from jaxicl.data import get_task  # noqa: E402
 from jaxicl.evaluation import run_eval  # noqa: E402
 from jaxicl.icl import EvalOptions  # noqa: E402
-from jaxicl.io import registry  # noqa: E402
+from tests.conftest import REAL_MODEL_GROUP  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, REAL_MODEL_GROUP]
 
 SEED, K, N_EVAL = 2, 32, 40
 SCORE_TOL = 2e-3  # float32 on both sides, different kernels, a ~1000-token prefix
@@ -33,24 +32,21 @@ MIN_AGREEMENT = 0.99
 
 
 @pytest.fixture(scope="module")
-def ours(data_dir):
+def ours(data_dir, real_lm):
+    lm = real_lm("gemma3-270m")
     start = time.perf_counter()
-    lm = jaxicl.load("gemma3-270m")
     run = run_eval(lm, get_task("sst2"), seed=SEED, k=K, n_eval=N_EVAL, data_dir=data_dir, options=EvalOptions())
-    print(f"\njaxicl: load + eval {time.perf_counter() - start:.1f} s {run.seconds}")
+    print(f"\njaxicl: eval {time.perf_counter() - start:.1f} s {run.seconds}")
     return lm, run
 
 
 @pytest.fixture(scope="module")
-def theirs(ours):
+def theirs(ours, hf_model):
     """transformers' first-token log-probs [N, C] for the zero-shot and the ICL prompts."""
     _, run = ours
     p = run.prompts
-    path = registry.resolve("gemma3-270m")
+    model = hf_model("gemma3-270m")
     start = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    ).eval()
 
     first = torch.tensor([c[0] for c in p.candidate_ids])
 
@@ -87,7 +83,7 @@ def theirs(ours):
     with torch.no_grad():
         full = model(input_ids=torch.tensor([p.icl_sequence(0)]), logits_to_keep=1).logits[0, -1].double()
     np.testing.assert_allclose(icl[0], torch.log_softmax(full, -1)[first].numpy(), atol=1e-4)
-    print(f"transformers: load + score {time.perf_counter() - start:.1f} s")
+    print(f"transformers: score {time.perf_counter() - start:.1f} s")
     return zs, icl
 
 

@@ -1,4 +1,5 @@
-"""The two shipped GGUF models against transformers' own GGUF loading, on real SST-2 prompts."""
+"""The two shipped GGUF models against transformers' own GGUF loading, on real SST-2 prompts:
+next-token log-probs, and one GD / LCGD finetuning step on Gemma."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import jaxicl  # noqa: E402
-from jaxicl.io import registry  # noqa: E402
+from jaxicl import finetune as F  # noqa: E402
+from tests.test_finetune_torch import torch_backward  # noqa: E402
+from tests.conftest import REAL_MODEL_GROUP, REAL_MODELS  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, REAL_MODEL_GROUP]
+
+
+def _sst2_train(data_dir, n: int) -> list[dict]:
+    with open(data_dir / "sst2" / "train.jsonl") as f:
+        return [json.loads(next(f)) for _ in range(n)]
 
 
 def _sst2_prompts(data_dir) -> list[str]:
     """A zero-shot prompt and one with 32 demonstrations, in the paper's SST-2 template."""
-    with open(data_dir / "sst2" / "train.jsonl") as f:
-        train = [json.loads(next(f)) for _ in range(32)]
+    train = _sst2_train(data_dir, 32)
     with open(data_dir / "sst2" / "validation.jsonl") as f:
         query = json.loads(next(f))
     words = ["Negative", "Positive"]
@@ -28,15 +35,10 @@ def _sst2_prompts(data_dir) -> list[str]:
     return [q, demos + q]
 
 
-@pytest.fixture(scope="module", params=["gemma3-270m", "smollm2-135m"])
-def pair(request):
-    path = registry.resolve(request.param)
-    lm = jaxicl.load(request.param)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
-    ).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return request.param, lm, ref, tok
+@pytest.fixture(params=REAL_MODELS)
+def pair(request, real_lm, hf_model, hf_tokenizer):
+    name = request.param
+    return name, real_lm(name), hf_model(name), hf_tokenizer(name)
 
 
 def test_last_position_log_probs_match_transformers(pair, data_dir):
@@ -54,3 +56,33 @@ def test_last_position_log_probs_match_transformers(pair, data_dir):
         print(f"{name} len={len(ours)} max|dlogp|={delta:.2e}")
         assert delta <= 2e-3, f"{name}: max |d log p| {delta} over the vocabulary at {len(ours)} tokens"
         assert int(np.argmax(our_lp)) == int(np.argmax(ref_lp))
+
+
+@pytest.mark.parametrize("method", ["gd", "lcgd"])
+def test_finetuning_step_matches_transformers_gradients(real_lm, hf_model, data_dir, method):
+    """One step of gemma3-270m on a real SST-2 demonstration: jaxicl's key/value update is the
+    learning rate times the gradient that transformers' model gives for the same objective
+    (LCGD through torch hooks that detach every layer's input, as in test_finetune_torch)."""
+    lm, ref = real_lm("gemma3-270m"), hf_model("gemma3-270m")
+    row = _sst2_train(data_dir, 1)[0]
+    seq = lm.tokenizer.prompt_ids(f"Sentence: {row['sentence'].strip()} Label: {['Negative', 'Positive'][row['label']]}")
+    lr = 1.0  # the update is minus the gradient, recovered with the least float32 cancellation
+    result = F.finetune(lm.params, lm.config, [seq], F.FinetuneOptions(lr=lr, objective=F.METHODS[method]))
+    try:
+        loss = torch_backward(ref, "gemma3", seq, lcgd=method == "lcgd")
+        assert abs(float(result.losses[0]) - loss) <= 1e-4 * loss
+        worst = 0.0  # the largest difference relative to the largest gradient entry of its tensor
+        for layer in range(lm.config.n_layers):
+            attn = ref.model.layers[layer].self_attn
+            for name, proj in (("k", attn.k_proj), ("v", attn.v_proj)):
+                want = proj.weight.grad.double().numpy()
+                before, after = (np.asarray(p["blocks"][name]["w"][layer], np.float64) for p in (lm.params, result.params))
+                got = ((before - after) / lr).T
+                scale = np.abs(want).max()
+                assert scale > 0
+                worst = max(worst, float(np.abs(got - want).max() / scale))
+        print(f"\n{method}: {len(seq)} tokens, loss {loss:.4f} vs {float(result.losses[0]):.4f}, "
+              f"max |d grad| / max |grad| = {worst:.1e} over {lm.config.n_layers} layers' k and v")
+        assert worst <= 2e-3
+    finally:
+        ref.zero_grad(set_to_none=True)

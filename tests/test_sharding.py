@@ -28,6 +28,8 @@ from jaxicl.sharding import make_mesh, param_spec, shard_batch, shard_params
 from tests.test_transforms import LLAMA, random_params
 
 REPO = Path(__file__).resolve().parent.parent
+# One worker runs the whole module, so its 8-device subprocess (module-scoped) runs once.
+pytestmark = pytest.mark.xdist_group("sharding")
 TOL = 1e-5  # multi-device vs one device, relative to max(1, largest |value|): summation order only
 
 # ---- the parameter rule (pure) ------------------------------------------------------------------
