@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 
 import numpy as np
@@ -80,11 +82,20 @@ def _csv(text: str | None, cast=str) -> tuple | None:
     return None if text is None else tuple(cast(x) for x in text.split(",") if x)
 
 
-def _run(args: argparse.Namespace) -> None:
-    from jaxicl import distributed
-    from jaxicl.experiment import RunConfig, parse_only, run
+def default_compile_cache() -> str:
+    """`jaxicl run`'s persistent compilation cache: $JAXICL_COMPILE_CACHE, else <jaxicl cache>/xla."""
+    from jaxicl.io.registry import cache_dir
+
+    return os.environ.get("JAXICL_COMPILE_CACHE", str(cache_dir() / "xla"))
+
+
+def _run(args: argparse.Namespace) -> int | None:
+    from jaxicl import compile_cache, distributed
+    from jaxicl.experiment import RunConfig, RunInterrupted, parse_only, run
 
     distributed.initialize()  # joins the other processes of a multi-host run; else a no-op
+    if args.compile_cache != "off":
+        compile_cache.enable(args.compile_cache)
 
     runs = None
     if args.seeds:
@@ -98,7 +109,13 @@ def _run(args: argparse.Namespace) -> None:
         variants=_csv(args.variants), k=args.k, n_eval=args.n_eval, max_len=args.max_len,
         batch_size=args.batch_size, data_dir=args.data_dir,
     )  # fmt: skip
-    counts = run(config, args.out, force=args.force, only=parse_only(args.only))
+    try:
+        counts = run(config, args.out, force=args.force, only=parse_only(args.only))
+    except RunInterrupted as stop:
+        lost = f"lost the {len(stop.lost)} cells in progress ({'; '.join(stop.lost)})" if stop.lost else "lost nothing"
+        print(f"jaxicl: interrupted after {stop.done} cells this run; {lost}; resume with: "
+              f"jaxicl {shlex.join(args.argv)}", file=sys.stderr)
+        return 130  # the shell's code for a run stopped by SIGINT
     print(f"{args.out}: {counts['done']} cells run, {counts['skipped']} already done, "
           f"{counts['recomputed']} corrupt cell files recomputed, {counts['deferred']} left for a run without --only")
 
@@ -156,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
                        help="run only this slice of the grid now, e.g. method=gd or task=sst2,mr (repeatable; KEY: task, variant, method, seed, perm); rerun without it for the rest")
     rn.add_argument("--force", action="store_true", help="reuse a run directory written by another config")
+    rn.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                    help="XLA's persistent compilation cache (default: $JAXICL_COMPILE_CACHE, else ~/.cache/jaxicl/xla)")
     rn.set_defaults(func=_run)
 
     rp = sub.add_parser("report", help="tables and plots of a run directory")
@@ -166,13 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed, e.g. for the line that resumes an interrupted run
+    if getattr(args, "compile_cache", "off") is None:
+        args.compile_cache = default_compile_cache()
     try:
-        args.func(args)
+        code = args.func(args)
     except JaxiclError as e:
         print(f"jaxicl: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

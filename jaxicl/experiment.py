@@ -11,7 +11,8 @@ prompts and the zero-shot and ICL evaluations; those records are kept in `evals/
     RUN_DIR/checkpoints/<task>/<variant>/<method>-seed<S>-perm<P>/
     RUN_DIR/cells/<task>/<variant>/<method>-seed<S>-perm<P>.json   (deterministic: no wall times)
     RUN_DIR/seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json time per stage of that cell
-    RUN_DIR/timing.json   model load and elapsed time of the last invocation (rewritten after each group)
+    RUN_DIR/timing.json   model load, elapsed time and XLA compilations (programs, seconds, persistent
+                          cache hits) of the last invocation (rewritten after each group)
 
 Every file is written atomically (temp file + rename), so an interrupt loses at most the cell in
 progress and never leaves a partial file; rerunning the same command skips finished cells.
@@ -37,7 +38,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from jaxicl import distributed, metrics
+from jaxicl import compile_stats, distributed, metrics
 from jaxicl.data.prompts import PromptSet, build_prompts
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import JaxiclError
@@ -288,6 +289,15 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped `run`: what it finished and which cells were in progress (lost;
+    none of their files was written, and rerunning the same command computes them)."""
+
+    def __init__(self, done: int, lost: Sequence[str]):
+        super().__init__(f"{done} cells finished, {len(lost)} in progress lost")
+        self.done, self.lost = done, list(lost)
+
+
 def _groups(cells: Sequence[Cell]) -> Iterator[list[Cell]]:
     current: list[Cell] = []
     for cell in cells:
@@ -362,7 +372,8 @@ def run(
     before), recomputed (their file was corrupt) and deferred (unfinished, outside `only`).
 
     Several processes: every one calls this with the same arguments; process 0 opens and scans
-    `run_dir` and tells the others which cells to run (see the module docstring)."""
+    `run_dir` and tells the others which cells to run (see the module docstring).
+    Ctrl-C or SIGTERM raises RunInterrupted (a KeyboardInterrupt) naming the cells it lost."""
     from tqdm import tqdm
 
     import jaxicl
@@ -381,36 +392,45 @@ def run(
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
-    done = 0
+    done, group, load_s = 0, [], None
+    compiled = compile_stats.CompileStats()
 
     def timing(finished: bool) -> None:  # after the load and every group: an interrupted run keeps it
         distributed.write_once(run_dir / "timing.json", {
-            "load_s": load_s, "total_s": time.perf_counter() - t0, "cells_done": done, "finished": finished})
+            "load_s": load_s, "total_s": time.perf_counter() - t0, "cells_done": done, "finished": finished,
+            "compile": compiled.as_dict()})
 
     try:
-        lm = lm or jaxicl.load(config.model)
-        load_s = time.perf_counter() - t0
-        timing(False)
-        quiet = quiet or not distributed.is_writer()
-        overall = tqdm(total=len(todo), desc="cells", unit="cell", disable=quiet, position=0)
-        for group in _groups(todo):
-            if distributed.on_host0(_all_written, run_dir, group):  # e.g. by another machine meanwhile
-                skipped += len(group)
-                overall.update(len(group))
-                continue
-            bar = tqdm(total=4 + 2 * len(group), desc=f"{group[0].task}/{group[0].variant} seed {group[0].seed}",
-                       leave=False, disable=quiet, position=1)
-
-            def progress(msg, bar=bar):
-                bar.set_postfix_str(msg)
-                bar.update(1)
-
-            run_group(lm, config, run_dir, tasks[group[0].task], group, progress=progress)
-            bar.close()
-            overall.update(len(group))
-            done += len(group)
+        with compile_stats.counting() as compiled:
+            lm = lm or jaxicl.load(config.model)
+            load_s = time.perf_counter() - t0
             timing(False)
-        overall.close()
+            quiet = quiet or not distributed.is_writer()
+            overall = tqdm(total=len(todo), desc="cells", unit="cell", disable=quiet, position=0)
+            for group in _groups(todo):
+                if distributed.on_host0(_all_written, run_dir, group):  # e.g. by another machine meanwhile
+                    skipped += len(group)
+                    overall.update(len(group))
+                    continue
+                desc = f"{group[0].task}/{group[0].variant} seed {group[0].seed}"
+                with tqdm(total=4 + 2 * len(group), desc=desc, leave=False, disable=quiet, position=1) as bar:
+
+                    def progress(msg, bar=bar):
+                        bar.set_postfix_str(msg)
+                        bar.update(1)
+
+                    try:
+                        run_group(lm, config, run_dir, tasks[group[0].task], group, progress=progress)
+                    except KeyboardInterrupt:
+                        overall.close()  # both bars off the screen before the interrupt is reported
+                        raise
+                overall.update(len(group))
+                done += len(group)
+                timing(False)
+            overall.close()
+    except KeyboardInterrupt as e:
+        lost = [cell.name() for cell in group if not (run_dir / cell.relpath()).exists()]
+        raise RunInterrupted(done, lost) from e
     finally:
         signal.signal(signal.SIGTERM, previous)
     timing(True)

@@ -322,12 +322,27 @@ class FinetuneResult:
         }
 
 
-def _diverged(stats_row: dict) -> str | None:
-    if not np.isfinite(stats_row["loss"]):
-        return f"loss {stats_row['loss']}"
-    if not np.all(np.isfinite(stats_row["kv_grad_norms"])):
-        return "non-finite gradient"
-    return None
+def _fetch_stats(steps: Sequence[StepStats]) -> dict[str, np.ndarray]:
+    """Every step's stats, stacked on the device and copied to the host in one transfer.
+
+    The steps before it were dispatched without waiting on each other (no per-step host sync);
+    this is the run's only device-to-host copy of stats, and its only explicitly allowed one."""
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
+    with jax.transfer_guard_device_to_host("allow"):
+        fetched = jax.device_get(dataclasses.asdict(stacked))
+    return {k: np.asarray(v, np.float32) for k, v in fetched.items()}
+
+
+def _first_divergence(stats: dict[str, np.ndarray]) -> tuple[int, str] | None:
+    """(step, why) of the first step with a non-finite loss or stepped gradient, found after the run
+    from its stats [n_steps, ...] (every later step computed on non-finite params and is ignored)."""
+    bad_loss = ~np.isfinite(stats["loss"])
+    bad_grad = ~np.isfinite(stats["kv_grad_norms"].reshape(len(bad_loss), -1)).all(axis=1)
+    bad = np.flatnonzero(bad_loss | bad_grad)
+    if not bad.size:
+        return None
+    step = int(bad[0])
+    return step, (f"loss {stats['loss'][step]}" if bad_loss[step] else "non-finite gradient")
 
 
 def _name(step: int, demo_names: Sequence | None) -> str:
@@ -355,7 +370,7 @@ def finetune(
     frozen_c = _compute_copy(frozen, options)
     opt_state = optimizer(spec, options.lr).init(trainable)
     lr = jnp.float32(options.lr)
-    rows = []
+    steps = []
     start = time.perf_counter()
     for i, seq in enumerate(seqs):
         ls = None if label_starts is None else label_starts[i]
@@ -363,22 +378,23 @@ def finetune(
         trainable, opt_state, stats = train_step(
             trainable, opt_state, frozen_c, batch, lr, True, config=config, spec=spec, mask=mask
         )
-        row = {k: np.asarray(v) for k, v in dataclasses.asdict(stats).items()}
-        why = _diverged(row)
-        if why:
-            raise TrainingError(f"finetuning diverged at step {i} on {_name(i, demo_names)}: {why}")
-        rows.append(row)
+        steps.append(stats)
+    stats = _fetch_stats(steps)
+    diverged = _first_divergence(stats)
+    if diverged:
+        step, why = diverged
+        raise TrainingError(f"finetuning diverged at step {step} on {_name(step, demo_names)}: {why}")
     jax.block_until_ready(trainable)
-    return _result(T.merge_params(trainable, frozen), rows, time.perf_counter() - start)
+    return _result(T.merge_params(trainable, frozen), stats, time.perf_counter() - start)
 
 
-def _result(params: dict, rows: list[dict], seconds: float) -> FinetuneResult:
+def _result(params: dict, stats: dict[str, np.ndarray], seconds: float) -> FinetuneResult:
     return FinetuneResult(
         params=params,
-        losses=np.array([r["loss"] for r in rows], np.float32),
-        layer_losses=np.stack([r["layer_losses"] for r in rows]).astype(np.float32),
-        kv_grad_norms=np.stack([r["kv_grad_norms"] for r in rows]).astype(np.float32),
-        grad_norms=np.stack([r["grad_norms"] for r in rows]).astype(np.float32),
+        losses=stats["loss"],
+        layer_losses=stats["layer_losses"],
+        kv_grad_norms=stats["kv_grad_norms"],
+        grad_norms=stats["grad_norms"],
         seconds=seconds,
     )
 
@@ -433,7 +449,7 @@ def finetune_many(
         frozen_c = sharding.shard_params(frozen_c, mesh)
         trainable, opt_state = sharding.shard_params((trainable, opt_state), mesh, sets_axis=True)
     lr = jnp.float32(options.lr)
-    rows: list[list[dict]] = [[] for _ in sets]
+    steps = []
     start = time.perf_counter()
     for i in range(max(map(len, sets))):
         active = [i < len(seqs) for seqs in sets]
@@ -451,19 +467,18 @@ def finetune_many(
         trainable, opt_state, stats = train_step_many(
             trainable, opt_state, frozen_c, batch, lr, on, config=config, spec=spec, mask=mask
         )
-        got = {k: np.asarray(v) for k, v in dataclasses.asdict(stats).items()}
-        for s in range(n_sets):
-            if not active[s]:
-                continue
-            row = {k: v[s] for k, v in got.items()}
-            why = _diverged(row)
-            if why:
-                raise TrainingError(f"finetuning diverged in set {s} at step {i} on demonstration {i}: {why}")
-            rows[s].append(row)
+        steps.append(stats)
+    stats = _fetch_stats(steps)  # [n_steps, n_sets, ...]
+    per_set = [{k: v[: len(sets[s]), s] for k, v in stats.items()} for s in range(n_sets)]  # its active steps
+    for s, set_stats in enumerate(per_set):
+        diverged = _first_divergence(set_stats)
+        if diverged:
+            step, why = diverged
+            raise TrainingError(f"finetuning diverged in set {s} at step {step} on demonstration {step}: {why}")
     jax.block_until_ready(trainable)
     seconds = time.perf_counter() - start
     return [
-        _result(T.merge_params(jax.tree.map(lambda x: x[s], trainable), frozen), rows[s], seconds)
+        _result(T.merge_params(jax.tree.map(lambda x: x[s], trainable), frozen), per_set[s], seconds)
         for s in range(n_sets)
     ]
 

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("JAXICL_DATA_DIR", REPO.parent / "shared" / "data"))
 os.environ.setdefault("JAXICL_DATA_DIR", str(DATA_DIR))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAXICL_COMPILE_CACHE", "off")  # `jaxicl run` in tests: no cache unless a test names one
 FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if os.environ.get("JAXICL_TEST_FULL_XLA") != "1" and FAST_COMPILE_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}".strip()

@@ -168,3 +168,48 @@ def test_cli_run_takes_a_slice(tiny_lm, task_spec, tmp_path, capsys):
     assert [p.name for p in _cell_files(tmp_path)] == ["gd-seed2-perm1.json"]
     assert cli.main([*argv, "--only", "perm=7"]) == 2
     assert "--only perm=7 matches no cell" in capsys.readouterr().err
+
+
+def test_timing_counts_the_compilations(tiny_lm, task_spec, tmp_path):
+    import jax
+
+    jax.clear_caches()  # programs compiled by earlier tests would otherwise be reused, not counted
+    run(_config(task_spec, methods=("gd",)), tmp_path / "a", lm=tiny_lm, quiet=True)
+    first = json.loads((tmp_path / "a" / "timing.json").read_text())["compile"]
+    assert first["programs"] >= 5 and first["seconds"] > 0 and first["cache_hits"] == 0
+    run(_config(task_spec, methods=("gd",)), tmp_path / "b", lm=tiny_lm, quiet=True)  # same shapes: reused
+    again = json.loads((tmp_path / "b" / "timing.json").read_text())["compile"]
+    assert again["programs"] < first["programs"] // 2, (first, again)
+
+
+def test_cli_run_interrupted_prints_one_line_and_resumes(tiny_lm, task_spec, tmp_path, capsys, monkeypatch):
+    from jaxicl import cli, compile_cache
+
+    real = experiment.metrics.all_metrics
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first cell of the second group: both of its cells are lost
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(experiment.metrics, "all_metrics", interrupted)
+    cache = tmp_path / "xla"
+    argv = ["run", "--model", tiny_lm.source, "--tasks", task_spec, "--k", "4", "--n-eval", "6", "--batch-size", "4",
+            "--out", str(tmp_path / "run"), "--compile-cache", str(cache)]  # fmt: skip
+    try:
+        assert cli.main(argv) == 130
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("jaxicl:") == 1, err
+        err = err[err.index("jaxicl:"):].rstrip()  # after the closed progress bars: the one line
+        assert "\n" not in err, err
+        assert "interrupted after 2 cells this run; lost the 2 cells in progress (tiny/trained/gd seed 2 perm 1; " in err
+        assert err.startswith("jaxicl: interrupted") and err.endswith("resume with: jaxicl " + " ".join(argv))
+        assert any(p.is_file() for p in cache.rglob("*")), "the persistent compilation cache was not written"
+        monkeypatch.setattr(experiment.metrics, "all_metrics", real)
+        assert cli.main(argv) == 0
+        assert "2 cells run, 2 already done" in capsys.readouterr().out
+    finally:
+        compile_cache.disable()
+    assert len(_cell_files(tmp_path / "run")) == 4

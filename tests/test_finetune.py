@@ -154,6 +154,50 @@ def test_batched_sets_equal_one_by_one():
                 np.testing.assert_allclose(T.flatten(got.params)[path], x, rtol=1e-5, atol=1e-6, err_msg=path)
 
 
+class _CountingNumpy:
+    """numpy for jaxicl.finetune, recording each np.asarray / np.array of a jax.Array (a host read)."""
+
+    def __init__(self, reads: list):
+        self.reads = reads
+
+    def __getattr__(self, name):
+        attr = getattr(np, name)
+        if name not in ("asarray", "array"):
+            return attr
+
+        def counted(x, *args, **kwargs):
+            if isinstance(x, jax.Array):
+                self.reads.append(name)
+            return attr(x, *args, **kwargs)
+
+        return counted
+
+
+def test_a_run_copies_its_stats_to_the_host_once(monkeypatch):
+    """No host sync per step: the host reads of device arrays during finetune / finetune_many are
+    counted (numpy conversions in jaxicl.finetune, and jax.Array._value, which jax.device_get,
+    float() and bool() go through). A run reads its 4 stacked stats once, whatever its length."""
+    from jax._src import array as jax_array  # private: where jax.device_get and float() read
+
+    config, params = LLAMA, random_params(LLAMA)
+    options = F.FinetuneOptions(lr=0.2)
+    reads = []
+    value = jax_array.ArrayImpl._value
+    monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(lambda self: (reads.append("_value"), value.fget(self))[1]))
+    monkeypatch.setattr(F, "np", _CountingNumpy(reads))
+    counts = {}
+    for n in (2, 4):
+        reads.clear()
+        result = F.finetune(params, config, SEQS[:n], options)
+        counts[n] = len(reads)
+        assert result.losses.shape == (n,)
+    reads.clear()
+    many = F.finetune_many(params, config, [SEQS[:4], SEQS[:2]], options)
+    counts["many"] = len(reads)
+    assert counts == {2: 4, 4: 4, "many": 4}, counts
+    assert [m.losses.shape for m in many] == [(4,), (2,)]
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
