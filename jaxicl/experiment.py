@@ -27,6 +27,7 @@ alone computes the metrics and writes every file, once. One process behaves exac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -366,6 +367,7 @@ def run(
     only: dict[str, Sequence[str]] | None = None,
     lm=None,
     quiet: bool = False,
+    profile_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Run every unfinished cell of the grid, or of its slice `only` (e.g. {"method": ["gd"]}: the
     rest stays for a later run of the same config); returns counts of cells done, skipped (finished
@@ -373,7 +375,9 @@ def run(
 
     Several processes: every one calls this with the same arguments; process 0 opens and scans
     `run_dir` and tells the others which cells to run (see the module docstring).
-    Ctrl-C or SIGTERM raises RunInterrupted (a KeyboardInterrupt) naming the cells it lost."""
+    Ctrl-C or SIGTERM raises RunInterrupted (a KeyboardInterrupt) naming the cells it lost.
+    profile_dir: write a JAX profiler trace (TensorBoard / Perfetto) of the first group run there."""
+    import jax
     from tqdm import tqdm
 
     import jaxicl
@@ -419,8 +423,10 @@ def run(
                         bar.set_postfix_str(msg)
                         bar.update(1)
 
+                    profiling = profile_dir is not None and done == 0
                     try:
-                        run_group(lm, config, run_dir, tasks[group[0].task], group, progress=progress)
+                        with jax.profiler.trace(str(profile_dir)) if profiling else contextlib.nullcontext():
+                            run_group(lm, config, run_dir, tasks[group[0].task], group, progress=progress)
                     except KeyboardInterrupt:
                         overall.close()  # both bars off the screen before the interrupt is reported
                         raise

@@ -182,7 +182,7 @@ def test_timing_counts_the_compilations(tiny_lm, task_spec, tmp_path):
     assert again["programs"] < first["programs"] // 2, (first, again)
 
 
-def test_cli_run_interrupted_prints_one_line_and_resumes(tiny_lm, task_spec, tmp_path, capsys, monkeypatch):
+def test_cli_run_interrupted_prints_one_line_resumes_and_profiles(tiny_lm, task_spec, tmp_path, capsys, monkeypatch):
     from jaxicl import cli, compile_cache
 
     real = experiment.metrics.all_metrics
@@ -208,8 +208,9 @@ def test_cli_run_interrupted_prints_one_line_and_resumes(tiny_lm, task_spec, tmp
         assert err.startswith("jaxicl: interrupted") and err.endswith("resume with: jaxicl " + " ".join(argv))
         assert any(p.is_file() for p in cache.rglob("*")), "the persistent compilation cache was not written"
         monkeypatch.setattr(experiment.metrics, "all_metrics", real)
-        assert cli.main(argv) == 0
+        assert cli.main([*argv, "--profile", str(tmp_path / "trace")]) == 0
         assert "2 cells run, 2 already done" in capsys.readouterr().out
+        assert list((tmp_path / "trace").rglob("*.xplane.pb")), "no profiler trace of the group"
     finally:
         compile_cache.disable()
     assert len(_cell_files(tmp_path / "run")) == 4
