@@ -78,6 +78,16 @@ def _unescape(text: str) -> str:
         raise DataError(f"--separator {text!r}: invalid backslash escape ({e.reason})") from e
 
 
+def _batch_rows(text: str) -> int | str:
+    """--batch-size: a positive integer, or "auto" (sized to the device's free memory)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+
+
 def _csv(text: str | None, cast=str) -> tuple | None:
     return None if text is None else tuple(cast(x) for x in text.split(",") if x)
 
@@ -150,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-len", type=int, default=None, help="context window (default: the model's)")
     ev.add_argument("--separator", default="\\n", help="between demonstrations; '<eos>' for the EOS token")
     ev.add_argument("--probe", choices=("label", "last"), default="label")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=_batch_rows, default=16, help="query rows per batch, or auto")
     ev.add_argument("--data-dir", default=None, help="directory of <task>/<split>.jsonl (else $JAXICL_DATA_DIR, else the Hub)")
     ev.add_argument("--out", default=None, help="write the results JSON here")
     ev.set_defaults(func=_eval)
@@ -167,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--k", type=int, default=32)
     rn.add_argument("--n-eval", type=int, default=200)
     rn.add_argument("--max-len", type=int, default=None)
-    rn.add_argument("--batch-size", type=int, default=16)
+    rn.add_argument("--batch-size", type=_batch_rows, default=16, help="query rows per batch, or auto")
     rn.add_argument("--data-dir", default=None)
     rn.add_argument("--out", required=True, help="the run directory")
     rn.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",

@@ -65,7 +65,7 @@ class RunConfig:
     max_len: int | None = None  # context window for ICL; None: the model's
     separator: str = "\n"
     probe: str = "label"
-    batch_size: int = 16
+    batch_size: int | str = 16  # query rows per batch, or "auto" (sized to the device)
     loss_tokens: str = "all"
     layer_reduction: str = "sum"
     lcgd_readout: str = "block"

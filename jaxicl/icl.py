@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Literal, Sequence
 
 import jax
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxicl import sharding
+from jaxicl import batch_size, sharding
 from jaxicl.api import bucket, check_ids
 from jaxicl.errors import InputError
 from jaxicl.models.config import ModelConfig
@@ -41,7 +42,7 @@ RECORD_TAPS = ("attn_out", "attn_scores", "resid_post")
 
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
-    batch_size: int = 16
+    batch_size: int | Literal["auto"] = 16  # query rows per batch; "auto": sized to the device (batch_size.py)
     probe: Literal["label", "last"] = "label"
     records: tuple[str, ...] = RECORD_TAPS  # any of transformer.TAP_NAMES; () for scores only
     length_multiple: int = 32  # query rows are padded up to a multiple of this
@@ -158,13 +159,32 @@ def evaluate(
     by_length: dict[int, list[_Row]] = {}
     for row in rows:
         by_length.setdefault(bucket(len(row.ids), options.length_multiple), []).append(row)
+    multiple = 1 if mesh is None else sharding.axis_size(mesh, sharding.DATA)
+    size = options.batch_size
+    if size == "auto":
+        size = batch_size.auto_rows(config, max(by_length), len(prefix), n_pos, multiple)
     for length, group in sorted(by_length.items()):
-        for start in range(0, len(group), options.batch_size):
-            batch = group[start : start + options.batch_size]
-            arrays = _batch_arrays(batch, length, options.batch_size, n_pos)
-            got_scores, got_records = score_rows(params, config, taps, cache, *_to_devices(arrays, mesh))
-            got_scores = np.asarray(got_scores, np.float64)
-            got_records = {k: np.asarray(v) for k, v in got_records.items()}
+        start = 0
+        while start < len(group):
+            batch = group[start : start + size]
+            arrays = _batch_arrays(batch, length, size, n_pos)
+            try:
+                got_scores, got_records = score_rows(params, config, taps, cache, *_to_devices(arrays, mesh))
+                got_scores = np.asarray(got_scores, np.float64)
+                got_records = {k: np.asarray(v) for k, v in got_records.items()}
+            except jax.errors.JaxRuntimeError as e:
+                if not batch_size.is_out_of_memory(e):
+                    raise
+                smaller = batch_size.halved(size, multiple)
+                if smaller is None:
+                    raise InputError(
+                        f"out of device memory scoring queries: a batch of {size} rows x {length} tokens "
+                        f"after a {len(prefix)}-token prefix, {len(taps)} records; no smaller batch is possible"
+                    ) from e
+                warnings.warn(f"out of device memory at {size} query rows x {length} tokens; scoring with {smaller}")
+                size = smaller
+                continue
+            start += len(batch)
             for b, row in enumerate(batch):
                 if row.column < 0:
                     scores[row.example] = got_scores[b]
@@ -202,11 +222,15 @@ def _check_inputs(
         raise InputError(f"unknown record name(s) {unknown}; known: {list(TAP_NAMES)}")
     for key in ("batch_size", "length_multiple"):
         value = getattr(options, key)
+        if key == "batch_size" and value == "auto":
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{key} must be a positive integer, got {value!r}")
+            allowed = "a positive integer" + (' or "auto"' if key == "batch_size" else "")
+            raise InputError(f"{key} must be {allowed}, got {value!r}")
     if mesh is not None:
         sharding.check_mesh(mesh)
-        sharding.check_multiple(mesh, options.batch_size, "batch_size")
+        if options.batch_size != "auto":
+            sharding.check_multiple(mesh, options.batch_size, "batch_size")
     if not len(queries):
         raise InputError("no queries to evaluate")
     if not len(candidates):
