@@ -120,7 +120,8 @@ def _run(args: argparse.Namespace) -> int | None:
         batch_size=args.batch_size, data_dir=args.data_dir,
     )  # fmt: skip
     try:
-        counts = run(config, args.out, force=args.force, only=parse_only(args.only), profile_dir=args.profile)
+        counts = run(config, args.out, force=args.force, only=parse_only(args.only), profile_dir=args.profile,
+                     batch_runs=args.batch_runs)
     except RunInterrupted as stop:
         lost = f"lost the {len(stop.lost)} cells in progress ({'; '.join(stop.lost)})" if stop.lost else "lost nothing"
         print(f"jaxicl: interrupted after {stop.done} cells this run; {lost}; resume with: "
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
                        help="run only this slice of the grid now, e.g. method=gd or task=sst2,mr (repeatable; KEY: task, variant, method, seed, perm); rerun without it for the rest")
     rn.add_argument("--force", action="store_true", help="reuse a run directory written by another config")
+    rn.add_argument("--batch-runs", default="auto", choices=("auto", "on", "off"),
+                    help="finetune a task's trained-model runs together under vmap (auto: on an accelerator only)")
     rn.add_argument("--profile", default=None, metavar="DIR",
                     help="write a JAX profiler trace of the first group run (open with TensorBoard or Perfetto)")
     rn.add_argument("--compile-cache", default=None, metavar="DIR|off",

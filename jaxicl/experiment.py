@@ -204,10 +204,71 @@ class _Stopwatch:
         return _Timer()
 
 
+def _prompts(lm, config: RunConfig, task, seed: int, perm: int) -> PromptSet:
+    return build_prompts(
+        task, lm.tokenizer, seed=seed, perm=perm, k=config.k, n_eval=config.n_eval,
+        max_len=config.max_len or lm.config.max_positions, separator=config.separator, data_dir=config.data_dir,
+    )  # fmt: skip
+
+
+def _finetune_options(config: RunConfig, task, method: str):
+    from jaxicl.finetune import FinetuneOptions, Objective
+
+    if task.lr is None:
+        raise JaxiclError(f"task {task.name} has no learning rate; add 'lr' to its spec")
+    objective = Objective() if method == "gd" else Objective(
+        readout=config.lcgd_readout, causal=True, layer_reduction=config.layer_reduction)
+    return FinetuneOptions(lr=task.lr, objective=objective, loss_tokens=config.loss_tokens)
+
+
+def _checkpoint_dir(run_dir: Path, cell: Cell) -> Path:
+    return run_dir / "checkpoints" / cell.task / cell.variant / f"{cell.method}-seed{cell.seed}-perm{cell.perm}"
+
+
+def _base(config: RunConfig, cell: Cell) -> str:
+    """Names the starting params of a cell's finetuning (part of its checkpoint key)."""
+    return f"{config.model}/{cell.variant}/{cell.seed}"
+
+
+BATCH_RUNS = ("auto", "on", "off")
+
+
+def batch_runs_enabled(batch_runs: str) -> bool:
+    """`--batch-runs`: "auto" batches on an accelerator only (on a CPU, vmapped steps are no faster
+    than one run after another: experiments/bench_finetune_many.py)."""
+    import jax
+
+    if batch_runs not in BATCH_RUNS:
+        raise JaxiclError(f"--batch-runs must be one of {', '.join(BATCH_RUNS)}; got {batch_runs!r}")
+    return batch_runs == "on" or (batch_runs == "auto" and jax.default_backend() != "cpu")
+
+
+def finetune_together(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell]) -> int:
+    """The batched engine's finetuning for one task: the runs of each method that start from the
+    trained model step together under `jax.vmap` (`finetune_many_cached`), and each result is saved
+    where `run_group`'s `finetune_cached` restores it. The untrained variants' runs start from
+    different params (one re-initialisation per seed) and stay one by one. Returns the runs done."""
+    from jaxicl.finetune import finetune_many_cached
+
+    done = 0
+    for method in config.methods:
+        batch = [c for c in cells if c.variant == "trained" and c.method == method and c.task == task.name]
+        if len(batch) < 2:
+            continue
+        prompts = [_prompts(lm, config, task, c.seed, c.perm) for c in batch]
+        computed = finetune_many_cached(
+            [_checkpoint_dir(run_dir, c) for c in batch], lm.params, lm.config, [p.ft_sequences for p in prompts],
+            _finetune_options(config, task, method), bases=[_base(config, c) for c in batch],
+            label_starts_sets=[p.ft_label_starts for p in prompts],
+        )  # fmt: skip
+        done += sum(computed)
+    return done
+
+
 def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell], progress=None) -> list[Path]:
     """Run the cells of one (task, variant, seed, perm): shared prompts and ICL, then each method."""
     from jaxicl import transforms
-    from jaxicl.finetune import FinetuneOptions, Objective, finetune_cached
+    from jaxicl.finetune import finetune_cached
 
     task_name, variant, seed, perm = cells[0].group
     watch = _Stopwatch()
@@ -216,11 +277,7 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
     options = EvalOptions(batch_size=config.batch_size, probe=config.probe)
 
     with watch("prompts"):
-        prompts: PromptSet = build_prompts(
-            task, lm.tokenizer, seed=seed, perm=perm, k=config.k, n_eval=config.n_eval,
-            max_len=config.max_len or lm.config.max_positions, separator=config.separator,
-            data_dir=config.data_dir,
-        )  # fmt: skip
+        prompts = _prompts(lm, config, task, seed, perm)
         params = transforms.reinit(lm.params, lm.config, variant, seed)
 
     def ev(prefix, p=params):  # each process scores its share of the queries; all get every result
@@ -239,18 +296,12 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
     ft_results: dict[str, EvalResult] = {}
     written = []
     for cell in cells:
-        if task.lr is None:
-            raise JaxiclError(f"task {task.name} has no learning rate; add 'lr' to its spec")
-        objective = Objective() if cell.method == "gd" else Objective(
-            readout=config.lcgd_readout, causal=True, layer_reduction=config.layer_reduction)
-        ft_options = FinetuneOptions(lr=task.lr, objective=objective, loss_tokens=config.loss_tokens)
         step(f"{cell.method} finetune")
         with watch(f"finetune_{cell.method}"):
             result, _ = finetune_cached(
-                run_dir / "checkpoints" / task_name / variant / f"{cell.method}-seed{seed}-perm{perm}",
-                params, lm.config, prompts.ft_sequences, ft_options,
-                label_starts=prompts.ft_label_starts, base=f"{config.model}/{variant}/{seed}",
-                demo_names=[f"dataset index {i}" for i in prompts.demo_indices],
+                _checkpoint_dir(run_dir, cell), params, lm.config, prompts.ft_sequences,
+                _finetune_options(config, task, cell.method), label_starts=prompts.ft_label_starts,
+                base=_base(config, cell), demo_names=[f"dataset index {i}" for i in prompts.demo_indices],
             )  # fmt: skip
         step(f"{cell.method} evaluate")
         with watch(f"ftzs_{cell.method}"):
@@ -368,6 +419,7 @@ def run(
     lm=None,
     quiet: bool = False,
     profile_dir: str | os.PathLike | None = None,
+    batch_runs: str = "auto",
 ) -> dict:
     """Run every unfinished cell of the grid, or of its slice `only` (e.g. {"method": ["gd"]}: the
     rest stays for a later run of the same config); returns counts of cells done, skipped (finished
@@ -376,7 +428,10 @@ def run(
     Several processes: every one calls this with the same arguments; process 0 opens and scans
     `run_dir` and tells the others which cells to run (see the module docstring).
     Ctrl-C or SIGTERM raises RunInterrupted (a KeyboardInterrupt) naming the cells it lost.
-    profile_dir: write a JAX profiler trace (TensorBoard / Perfetto) of the first group run there."""
+    profile_dir: write a JAX profiler trace (TensorBoard / Perfetto) of the first group run there.
+    batch_runs: "on" finetunes a task's trained-model runs together (`finetune_together`) before
+    its groups run; "auto" does so on an accelerator only. Cells equal the one-by-one run's up to
+    float rounding (tests/test_experiment.py)."""
     import jax
     from tqdm import tqdm
 
@@ -391,18 +446,19 @@ def run(
     else:
         deferred = 0
     tasks = {task.name: task for task in map(get_task, config.tasks)}
+    together = batch_runs_enabled(batch_runs)
     if not todo:
         return {"done": 0, "skipped": skipped, "recomputed": recomputed, "deferred": deferred}
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
-    done, group, load_s = 0, [], None
+    done, group, load_s, batched = 0, [], None, {"runs": 0, "seconds": 0.0}
     compiled = compile_stats.CompileStats()
 
     def timing(finished: bool) -> None:  # after the load and every group: an interrupted run keeps it
         distributed.write_once(run_dir / "timing.json", {
             "load_s": load_s, "total_s": time.perf_counter() - t0, "cells_done": done, "finished": finished,
-            "compile": compiled.as_dict()})
+            "compile": compiled.as_dict(), "batched_finetune": batched})
 
     try:
         with compile_stats.counting() as compiled:
@@ -411,11 +467,17 @@ def run(
             timing(False)
             quiet = quiet or not distributed.is_writer()
             overall = tqdm(total=len(todo), desc="cells", unit="cell", disable=quiet, position=0)
+            finetuned_together: set[str] = set()
             for group in _groups(todo):
                 if distributed.on_host0(_all_written, run_dir, group):  # e.g. by another machine meanwhile
                     skipped += len(group)
                     overall.update(len(group))
                     continue
+                if together and group[0].task not in finetuned_together:
+                    finetuned_together.add(group[0].task)
+                    start = time.perf_counter()
+                    batched["runs"] += finetune_together(lm, config, run_dir, tasks[group[0].task], todo)
+                    batched["seconds"] += time.perf_counter() - start
                 desc = f"{group[0].task}/{group[0].variant} seed {group[0].seed}"
                 with tqdm(total=4 + 2 * len(group), desc=desc, leave=False, disable=quiet, position=1) as bar:
 

@@ -554,10 +554,48 @@ def finetune_cached(
     result = finetune(
         params, config, sequences, options, label_starts=label_starts, mask=mask, demo_names=demo_names
     )
+    _save(directory, key, result, mask)
+    return result, False
+
+
+def _save(directory, key: str, result: FinetuneResult, mask: T.ParamMask) -> None:
+    """What finetune_cached keeps of a result (the stepped tensors and the records), process 0 only."""
     tree = {"params": T.split_params(result.params, mask.paths)[0], "records": result.records()}
     if distributed.is_writer():
         checkpoint.save(directory, tree, key, meta={"seconds": result.seconds, "steps": len(result.losses)})
-    return result, False
+
+
+def finetune_many_cached(
+    directories: Sequence,
+    params: dict,
+    config: ModelConfig,
+    sequence_sets: Sequence[Sequence[Ids]],
+    options: FinetuneOptions,
+    *,
+    bases: Sequence[str],
+    label_starts_sets: Sequence[Sequence[int]] | None = None,
+    mask: T.ParamMask | None = None,
+    max_parallel: int | None = None,
+) -> list[bool]:
+    """Finetune together (`finetune_many`) the sets whose directory holds no saved result of that
+    exact run, from the same `params`, and save each as `finetune_cached` would, so that a later
+    `finetune_cached` of the same run (same `base`, one per set) restores it. Returns, per set,
+    whether it was computed here.
+
+    A diverged set raises (naming the set) before anything of this batch is saved."""
+    mask = mask or T.kv_mask(config)
+    starts = label_starts_sets or [None] * len(sequence_sets)
+    keys = [run_key(config, seqs, options, mask, base, ls) for seqs, ls, base in zip(sequence_sets, starts, bases)]
+    have = distributed.on_host0(lambda: [checkpoint.has(d, k) for d, k in zip(directories, keys)])
+    todo = [i for i, found in enumerate(have) if not found]
+    if todo:
+        results = finetune_many(
+            params, config, [sequence_sets[i] for i in todo], options, mask=mask, max_parallel=max_parallel,
+            label_starts_sets=None if label_starts_sets is None else [label_starts_sets[i] for i in todo],
+        )  # fmt: skip
+        for i, result in zip(todo, results):
+            _save(directories[i], keys[i], result, mask)
+    return [not found for found in have]
 
 
 def evaluate_finetuned(

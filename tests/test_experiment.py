@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -48,6 +49,23 @@ def _config(spec: str, **changes) -> RunConfig:
     base = dict(model="tiny", tasks=(spec,), k=4, n_eval=6, batch_size=4, methods=("gd", "lcgd"))
     base.update(changes)
     return RunConfig(**base)
+
+
+def _assert_close(got, want, where=""):
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), where
+        for k in want:
+            _assert_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want)):
+            _assert_close(a, b, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(got, bool):
+        assert math.isnan(got) == math.isnan(want), where
+        if not math.isnan(want):  # float32 rounding of other batches, relative to magnitude
+            assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (where, got, want)
+    else:
+        assert got == want, where
 
 
 def _cell_files(run_dir):
@@ -214,3 +232,20 @@ def test_cli_run_interrupted_prints_one_line_resumes_and_profiles(tiny_lm, task_
     finally:
         compile_cache.disable()
     assert len(_cell_files(tmp_path / "run")) == 4
+
+
+def test_batched_runs_write_the_cells_of_the_one_by_one_run(tiny_lm, task_spec, tmp_path):
+    config = _config(task_spec)
+    assert run(config, tmp_path / "one", lm=tiny_lm, quiet=True, batch_runs="off")["done"] == 4
+    assert run(config, tmp_path / "batched", lm=tiny_lm, quiet=True, batch_runs="on")["done"] == 4
+    timing = json.loads((tmp_path / "batched" / "timing.json").read_text())["batched_finetune"]
+    assert timing["runs"] == 4 and timing["seconds"] > 0  # 2 runs x GD and LCGD, each pair under vmap
+    assert json.loads((tmp_path / "one" / "timing.json").read_text())["batched_finetune"]["runs"] == 0
+    cells = [p.relative_to(tmp_path / "one") for p in _cell_files(tmp_path / "one")]
+    assert cells == [p.relative_to(tmp_path / "batched") for p in _cell_files(tmp_path / "batched")]
+    for rel in cells:
+        one, batched = (json.loads((tmp_path / d / rel).read_text()) for d in ("one", "batched"))
+        assert one["accuracy"] == batched["accuracy"], rel
+        _assert_close(batched, one, str(rel))  # every metric within 1e-5 (relative above 1)
+    with pytest.raises(JaxiclError, match="--batch-runs must be one of auto, on, off; got 'yes'"):
+        run(config, tmp_path / "bad", lm=tiny_lm, quiet=True, batch_runs="yes")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import textwrap
 
@@ -19,7 +18,7 @@ pytest.importorskip("torch")
 import jaxicl  # noqa: E402
 from jaxicl.experiment import run  # noqa: E402
 from tests.test_distributed import REPO, free_port, run_processes  # noqa: E402
-from tests.test_experiment import _config, task_spec  # noqa: E402, F401 (task_spec: a fixture)
+from tests.test_experiment import _assert_close, _config, task_spec  # noqa: E402, F401 (task_spec: a fixture)
 from tests.test_hf_parity import _save_tiny  # noqa: E402
 
 WORKER = textwrap.dedent("""
@@ -52,23 +51,6 @@ def _files(root):
         if p.is_file() or p.name == "tree":
             out.add(str(rel))
     return out
-
-
-def _assert_close(got, want, where=""):
-    if isinstance(want, dict):
-        assert got.keys() == want.keys(), where
-        for k in want:
-            _assert_close(got[k], want[k], f"{where}.{k}")
-    elif isinstance(want, list):
-        assert len(got) == len(want), where
-        for i, (a, b) in enumerate(zip(got, want)):
-            _assert_close(a, b, f"{where}[{i}]")
-    elif isinstance(want, float) and not isinstance(got, bool):
-        assert math.isnan(got) == math.isnan(want), where
-        if not math.isnan(want):  # float32 rounding of other batches, relative to magnitude
-            assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (where, got, want)
-    else:
-        assert got == want, where
 
 
 @pytest.mark.slow  # two processes, each running the tiny grid three times

@@ -78,18 +78,24 @@ def save(directory: str | os.PathLike, tree: Any, key: str, meta: Mapping[str, A
     return directory
 
 
+def has(directory: str | os.PathLike, key: str) -> bool:
+    """Whether `directory` holds a checkpoint saved under `key` (its meta only; `restore` checks the tensors)."""
+    try:
+        info = json.loads((Path(directory).absolute() / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("format") == FORMAT and info.get("key") == key
+
+
 def restore(
     directory: str | os.PathLike, key: str, expect: Any | None = None
 ) -> tuple[dict, dict] | None:
     """(tree, meta) saved under `key`, or None when absent, saved under another key, unreadable,
     or when a leaf of `expect` (arrays or ShapeDtypeStructs) is missing or differs in shape/dtype."""
     directory = Path(directory).absolute()
-    try:
-        info = json.loads((directory / META_FILE).read_text())
-    except (OSError, ValueError):
+    if not has(directory, key):
         return None
-    if info.get("format") != FORMAT or info.get("key") != key:
-        return None
+    info = json.loads((directory / META_FILE).read_text())
     try:
         tree = _checkpointer().restore(directory / TREE_DIR)
     except Exception as e:  # orbax raises many types for a damaged directory
