@@ -20,3 +20,22 @@ def run_child(script: str, name: str, argv: list[str]) -> dict:
     if proc.returncode:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's own rate for a jitted n x n float32 matmul (best of `repeats`), in GFLOP/s:
+    printed beside a throughput, since machines here differ 2-3x in speed."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9

@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="run only this slice of the grid now, e.g. method=gd or task=sst2,mr (repeatable; KEY: task, variant, method, seed, perm); rerun without it for the rest")
     parser.add_argument("--force", action="store_true", help="reuse a run directory written by another config")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--batch-runs", default="auto", choices=("auto", "on", "off"),
+                        help="finetune a task's trained-model runs together under vmap (auto: on an accelerator)")
     return parser.parse_args(argv)
 
 
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             compile_cache.enable(args.compile_cache)
         config = run_config(args)
         t0 = time.perf_counter()
-        counts = run(config, args.out, force=args.force, only=parse_only(args.only), quiet=args.quiet)
+        counts = run(config, args.out, force=args.force, only=parse_only(args.only), quiet=args.quiet,
+                     batch_runs=args.batch_runs)
         print(f"{args.out}: {counts['done']} cells run, {counts['skipped']} already done, "
               f"{counts['recomputed']} corrupt cell files recomputed, {counts['deferred']} left for a run "
               f"without --only, in {time.perf_counter() - t0:.0f} s")

@@ -234,6 +234,7 @@ def test_cli_run_interrupted_prints_one_line_resumes_and_profiles(tiny_lm, task_
     assert len(_cell_files(tmp_path / "run")) == 4
 
 
+@pytest.mark.slow  # the tiny grid twice, plus the vmapped finetuning programs
 def test_batched_runs_write_the_cells_of_the_one_by_one_run(tiny_lm, task_spec, tmp_path):
     config = _config(task_spec)
     assert run(config, tmp_path / "one", lm=tiny_lm, quiet=True, batch_runs="off")["done"] == 4
