@@ -234,8 +234,8 @@ BATCH_RUNS = ("auto", "on", "off")
 
 
 def batch_runs_enabled(batch_runs: str) -> bool:
-    """`--batch-runs`: "auto" batches on an accelerator only (on a CPU, vmapped steps are no faster
-    than one run after another: experiments/bench_finetune_many.py)."""
+    """`--batch-runs`: "auto" batches on an accelerator only (on a 2-core CPU one task's grid ran
+    slower batched than one by one: experiments/bench_grid.py, README)."""
     import jax
 
     if batch_runs not in BATCH_RUNS:
@@ -453,7 +453,6 @@ def run(
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
     done, group, load_s, batched = 0, [], None, {"runs": 0, "seconds": 0.0}
-    compiled = compile_stats.CompileStats()
 
     def timing(finished: bool) -> None:  # after the load and every group: an interrupted run keeps it
         distributed.write_once(run_dir / "timing.json", {
