@@ -101,15 +101,13 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items) -> None:
-    """Refuse to run when --dist loadgroup silently stopped grouping (pytest 9.2 with
-    pytest-xdist 3.8): the real-model loads would then be repeated on every worker."""
-    if not getattr(config.option, "loadgroup", False):
-        return
-    for item in items:
-        if any(True for _ in item.iter_markers("xdist_group")) and "@" not in item.nodeid:
-            raise pytest.UsageError(
-                f"pytest {pytest.__version__} with this pytest-xdist ignores xdist_group marks; "
-                "install pytest<9.2 (pyproject's test extra) or run with -p no:xdist"
-            )
+def pytest_configure(config) -> None:
+    """Refuse --dist loadgroup on pytest 9.2 and later, where pytest-xdist (3.8) no longer groups
+    tests (pytest-xdist issue 1386) and its scheduler fails with an INTERNALERROR instead."""
+    if getattr(config.option, "dist", "no") != "loadgroup" or not getattr(config.option, "numprocesses", 0):
+        return  # no workers (-n 0, or this is a worker): nothing to group
+    if tuple(int(part) for part in pytest.__version__.split(".")[:2]) >= (9, 2):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} breaks pytest-xdist's --dist loadgroup, which this suite uses to load "
+            "the real models once; install pytest<9.2 (pyproject's test extra) or run in one process with -n 0"
+        )
