@@ -104,8 +104,9 @@ def _run(args: argparse.Namespace) -> int | None:
     from jaxicl.experiment import RunConfig, RunInterrupted, parse_only, run
 
     distributed.initialize()  # joins the other processes of a multi-host run; else a no-op
-    if args.compile_cache != "off":
-        compile_cache.enable(args.compile_cache)
+    cache = args.compile_cache or default_compile_cache()
+    if cache != "off":
+        compile_cache.enable(cache)
 
     runs = None
     if args.seeds:
@@ -203,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as typed, e.g. for the line that resumes an interrupted run
-    if getattr(args, "compile_cache", "off") is None:
-        args.compile_cache = default_compile_cache()
     try:
         code = args.func(args)
     except JaxiclError as e:
