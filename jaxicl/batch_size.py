@@ -32,17 +32,17 @@ def row_bytes(config: ModelConfig, length: int, prefix_len: int, scored_position
 
 
 def auto_rows(config: ModelConfig, length: int, prefix_len: int, scored_positions: int, multiple: int = 1,
-              device: jax.Device | None = None) -> int:
+              device: jax.Device | None = None, models: int = 1) -> int:
     """Rows per batch for "auto": CPU_ROWS on a CPU; on an accelerator the largest power of two in
     [MIN_ROWS, MAX_ROWS] whose rows fit a quarter of the free memory, rounded up to `multiple`
-    (the mesh's data axis)."""
+    (the mesh's data axis). models: that many models score each row at once (`evaluate_many`)."""
     device = device or jax.devices()[0]
     if device.platform == "cpu":
         rows = CPU_ROWS
     else:
         stats = device.memory_stats() or {}
         free = stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0)
-        fit = free // 4 // max(1, row_bytes(config, length, prefix_len, scored_positions))
+        fit = free // 4 // max(1, models * row_bytes(config, length, prefix_len, scored_positions))
         rows = MIN_ROWS
         while rows * 2 <= min(fit, MAX_ROWS):
             rows *= 2

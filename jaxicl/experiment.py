@@ -11,8 +11,10 @@ prompts and the zero-shot and ICL evaluations; those records are kept in `evals/
     RUN_DIR/checkpoints/<task>/<variant>/<method>-seed<S>-perm<P>/
     RUN_DIR/cells/<task>/<variant>/<method>-seed<S>-perm<P>.json   (deterministic: no wall times)
     RUN_DIR/seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json time per stage of that cell
-    RUN_DIR/timing.json   model load, elapsed time and XLA compilations (programs, seconds, persistent
-                          cache hits) of the last invocation (rewritten after each group)
+    RUN_DIR/timing.json   model load, elapsed time, XLA compilations (programs, seconds, persistent
+                          cache hits), the batched engine's share, and each stage's seconds split into
+                          device, compile and host (jaxicl/stage_clock.py) of the last invocation
+                          (rewritten after each group)
 
 Every file is written atomically (temp file + rename), so an interrupt loses at most the cell in
 progress and never leaves a partial file; rerunning the same command skips finished cells.
@@ -40,6 +42,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jaxicl import compile_stats, distributed, metrics
+from jaxicl.stage_clock import StageClock
 from jaxicl.data.prompts import PromptSet, build_prompts
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import JaxiclError
@@ -187,23 +190,6 @@ def cached_eval(path: Path, compute) -> tuple[EvalResult | None, bool]:
 # --- one group of cells ----------------------------------------------------------------------------
 
 
-class _Stopwatch:
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, stage: str):
-        watch = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                watch.seconds[stage] = watch.seconds.get(stage, 0.0) + time.perf_counter() - self.t
-
-        return _Timer()
-
-
 def _prompts(lm, config: RunConfig, task, seed: int, perm: int) -> PromptSet:
     return build_prompts(
         task, lm.tokenizer, seed=seed, perm=perm, k=config.k, n_eval=config.n_eval,
@@ -243,37 +229,81 @@ def batch_runs_enabled(batch_runs: str) -> bool:
     return batch_runs == "on" or (batch_runs == "auto" and jax.default_backend() != "cpu")
 
 
-def finetune_together(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell]) -> int:
-    """The batched engine's finetuning for one task: the runs of each method that start from the
-    trained model step together under `jax.vmap` (`finetune_many_cached`), and each result is saved
-    where `run_group`'s `finetune_cached` restores it. The untrained variants' runs start from
-    different params (one re-initialisation per seed) and stay one by one. Returns the runs done."""
-    from jaxicl.finetune import finetune_many_cached
+def _group_dir(cell: Cell) -> Path:
+    return Path(cell.task, cell.variant, f"seed{cell.seed}-perm{cell.perm}")
 
-    done = 0
+
+def run_together(lm, config: RunConfig, run_dir: Path, task, variant: str, cells: Sequence[Cell]) -> dict:
+    """The batched engine for one (task, variant), before its groups run (`run_group` then finds
+    every result saved and reuses it):
+
+    1. finetuning: per method, the runs step together under `jax.vmap`, each run's steps as one
+       `lax.scan` (`finetune_many_cached`); the untrained variants' runs start from their own
+       re-initialisations (stacked params), the trained variant's from the one model;
+    2. the zero-shot evaluation of every finetuned model ("ftzs") as one vmapped program per batch
+       of queries (`icl.evaluate_many`; one process only: several use `evaluate_across_hosts`).
+
+    Returns {"runs": finetuning runs computed, "evaluations": ftzs evaluations computed}."""
+    import jax
+
+    from jaxicl import transforms
+    from jaxicl.finetune import finetune_cached, finetune_many_cached
+    from jaxicl.icl import evaluate_many
+
+    mine = [c for c in cells if c.task == task.name and c.variant == variant]
+    prompts = {c.group: _prompts(lm, config, task, c.seed, c.perm) for c in mine}
+    starts = {seed: transforms.reinit(lm.params, lm.config, variant, seed) for seed in {c.seed for c in mine}}
+    done = {"runs": 0, "evaluations": 0}
     for method in config.methods:
-        batch = [c for c in cells if c.variant == "trained" and c.method == method and c.task == task.name]
+        batch = [c for c in mine if c.method == method]
         if len(batch) < 2:
             continue
-        prompts = [_prompts(lm, config, task, c.seed, c.perm) for c in batch]
+        ps = [prompts[c.group] for c in batch]
+        params = lm.params if variant == "trained" else [starts[c.seed] for c in batch]
         computed = finetune_many_cached(
-            [_checkpoint_dir(run_dir, c) for c in batch], lm.params, lm.config, [p.ft_sequences for p in prompts],
+            [_checkpoint_dir(run_dir, c) for c in batch], params, lm.config, [p.ft_sequences for p in ps],
             _finetune_options(config, task, method), bases=[_base(config, c) for c in batch],
-            label_starts_sets=[p.ft_label_starts for p in prompts],
+            label_starts_sets=[p.ft_label_starts for p in ps], scan=True,
         )  # fmt: skip
-        done += sum(computed)
+        done["runs"] += sum(computed)
+    if jax.process_count() > 1 or len(mine) < 2:
+        return done
+    todo = [c for c in mine if not (run_dir / "evals" / _group_dir(c) / f"{c.method}-ft.npz").exists()]
+    same_queries: dict[tuple, list[Cell]] = {}  # the models scored on the same queries go together
+    for c in todo:
+        p = prompts[c.group]
+        key = (tuple(p.zs_prefix_ids), tuple(map(tuple, p.query_ids)), tuple(map(tuple, p.candidate_ids)))
+        same_queries.setdefault(key, []).append(c)
+    options = EvalOptions(batch_size=config.batch_size, probe=config.probe)
+    for (prefix, queries, candidates), together in same_queries.items():
+        if len(together) < 2:
+            continue
+        finetuned = [
+            finetune_cached(
+                _checkpoint_dir(run_dir, c), starts[c.seed], lm.config, prompts[c.group].ft_sequences,
+                _finetune_options(config, task, c.method), label_starts=prompts[c.group].ft_label_starts,
+                base=_base(config, c),
+            )[0].params
+            for c in together
+        ]  # fmt: skip
+        results = evaluate_many(finetuned, lm.config, prefix, queries, candidates, options)
+        for c, result in zip(together, results, strict=True):
+            _save_npz_atomic(run_dir / "evals" / _group_dir(c) / f"{c.method}-ft.npz", _result_arrays(result))
+        done["evaluations"] += len(together)
     return done
 
 
-def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell], progress=None) -> list[Path]:
-    """Run the cells of one (task, variant, seed, perm): shared prompts and ICL, then each method."""
+def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell], progress=None,
+              clock: StageClock | None = None) -> list[Path]:
+    """Run the cells of one (task, variant, seed, perm): shared prompts and ICL, then each method.
+    clock: also add this group's stage times (wall, device, compile, host) to it."""
     from jaxicl import transforms
     from jaxicl.finetune import finetune_cached
 
     task_name, variant, seed, perm = cells[0].group
-    watch = _Stopwatch()
+    watch = StageClock()
     step = (lambda msg: progress(msg)) if progress else (lambda msg: None)
-    group_dir = Path(task_name, variant, f"seed{seed}-perm{perm}")
+    group_dir = _group_dir(cells[0])
     options = EvalOptions(batch_size=config.batch_size, probe=config.probe)
 
     with watch("prompts"):
@@ -331,6 +361,8 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
             record["alpha"] = {"per_layer": a["per_layer"]["alpha"], "scalar": a["scalar"]["alpha"]}
         write_json_atomic(run_dir / "seconds" / cell.relpath().relative_to("cells"), dict(watch.seconds))
         written.append(write_json_atomic(run_dir / cell.relpath(), record))
+    if clock is not None:
+        clock.merge(watch)
     return written
 
 
@@ -429,8 +461,9 @@ def run(
     `run_dir` and tells the others which cells to run (see the module docstring).
     Ctrl-C or SIGTERM raises RunInterrupted (a KeyboardInterrupt) naming the cells it lost.
     profile_dir: write a JAX profiler trace (TensorBoard / Perfetto) of the first group run there.
-    batch_runs: "on" finetunes a task's trained-model runs together (`finetune_together`) before
-    its groups run; "auto" does so on an accelerator only. Cells equal the one-by-one run's up to
+    batch_runs: "on" runs each (task, variant)'s finetuning runs, and then the zero-shot
+    evaluations of the finetuned models, together (`run_together`) before its groups run; "auto"
+    does so on an accelerator only. Cells equal the one-by-one run's up to
     float rounding (tests/test_experiment.py)."""
     import jax
     from tqdm import tqdm
@@ -452,12 +485,13 @@ def run(
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
-    done, group, load_s, batched = 0, [], None, {"runs": 0, "seconds": 0.0}
+    done, group, load_s, batched = 0, [], None, {"runs": 0, "evaluations": 0, "seconds": 0.0}
+    clock = StageClock()  # every stage of this invocation: wall, device, compile and host seconds
 
     def timing(finished: bool) -> None:  # after the load and every group: an interrupted run keeps it
         distributed.write_once(run_dir / "timing.json", {
             "load_s": load_s, "total_s": time.perf_counter() - t0, "cells_done": done, "finished": finished,
-            "compile": compiled.as_dict(), "batched_finetune": batched})
+            "compile": compiled.as_dict(), "batched": batched, "stages": clock.as_dict()})
 
     try:
         with compile_stats.counting() as compiled:
@@ -466,16 +500,20 @@ def run(
             timing(False)
             quiet = quiet or not distributed.is_writer()
             overall = tqdm(total=len(todo), desc="cells", unit="cell", disable=quiet, position=0)
-            finetuned_together: set[str] = set()
+            ran_together: set[tuple[str, str]] = set()
             for group in _groups(todo):
                 if distributed.on_host0(_all_written, run_dir, group):  # e.g. by another machine meanwhile
                     skipped += len(group)
                     overall.update(len(group))
                     continue
-                if together and group[0].task not in finetuned_together:
-                    finetuned_together.add(group[0].task)
+                task_variant = (group[0].task, group[0].variant)
+                if together and task_variant not in ran_together:
+                    ran_together.add(task_variant)
                     start = time.perf_counter()
-                    batched["runs"] += finetune_together(lm, config, run_dir, tasks[group[0].task], todo)
+                    with clock("together"):
+                        got = run_together(lm, config, run_dir, tasks[group[0].task], group[0].variant, todo)
+                    batched["runs"] += got["runs"]
+                    batched["evaluations"] += got["evaluations"]
                     batched["seconds"] += time.perf_counter() - start
                 desc = f"{group[0].task}/{group[0].variant} seed {group[0].seed}"
                 with tqdm(total=4 + 2 * len(group), desc=desc, leave=False, disable=quiet, position=1) as bar:
@@ -487,7 +525,7 @@ def run(
                     profiling = profile_dir is not None and done == 0
                     try:
                         with jax.profiler.trace(str(profile_dir)) if profiling else contextlib.nullcontext():
-                            run_group(lm, config, run_dir, tasks[group[0].task], group, progress=progress)
+                            run_group(lm, config, run_dir, tasks[group[0].task], group, progress=progress, clock=clock)
                     except KeyboardInterrupt:
                         overall.close()  # both bars off the screen before the interrupt is reported
                         raise

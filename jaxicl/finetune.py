@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxicl import distributed, sharding
+from jaxicl import distributed, sharding, stage_clock
 from jaxicl import transforms as T
 from jaxicl.api import bucket, check_ids
 from jaxicl.data.prompts import PromptSet
@@ -233,11 +233,41 @@ def train_step(trainable, opt_state, frozen, batch, lr, active, *, config, spec,
     return _step_impl(trainable, opt_state, frozen, batch, lr, active, config=config, spec=spec, mask=mask)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def train_step_many(trainable, opt_state, frozen, batch, lr, active, *, config, spec, mask):
-    """`train_step` vmapped over a leading axis of trainable, opt_state, batch and active."""
+def _step_many(trainable, opt_state, frozen, batch, lr, active, *, config, spec, mask, frozen_per_set):
     step = functools.partial(_step_impl, config=config, spec=spec, mask=mask)
-    return jax.vmap(lambda t, s, b, a: step(t, s, frozen, b, lr, a))(trainable, opt_state, batch, active)
+    axes = (0, 0, 0 if frozen_per_set else None, 0, 0, 0)
+    return jax.vmap(step, in_axes=axes)(trainable, opt_state, frozen, batch, lr, active)
+
+
+_MANY_STATIC = (*_STATIC, "frozen_per_set")
+
+
+@functools.partial(jax.jit, static_argnames=_MANY_STATIC)
+def train_step_many(trainable, opt_state, frozen, batch, lr, active, *, config, spec, mask, frozen_per_set=False):
+    """`train_step` vmapped over a leading set axis of trainable, opt_state, batch, lr and active
+    (and of frozen if `frozen_per_set`: sets that start from different params)."""
+    return _step_many(
+        trainable, opt_state, frozen, batch, lr, active, config=config, spec=spec, mask=mask,
+        frozen_per_set=frozen_per_set,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=_MANY_STATIC)
+def train_run_many(trainable, opt_state, frozen, batches, lr, active, *, config, spec, mask, frozen_per_set=False):
+    """Every step of a run of `train_step_many` as one `lax.scan`: one dispatch for the whole run.
+
+    batches: [n_steps, S, 1, T] (one padded length for every step); active: [n_steps, S].
+    Returns (trainable, opt_state, StepStats with leaves [n_steps, S, ...])."""
+
+    def body(carry, xs):
+        batch, on = xs
+        new_trainable, new_state, stats = _step_many(
+            *carry, frozen, batch, lr, on, config=config, spec=spec, mask=mask, frozen_per_set=frozen_per_set
+        )
+        return (new_trainable, new_state), stats
+
+    (trainable, opt_state), stats = jax.lax.scan(body, (trainable, opt_state), (batches, active))
+    return trainable, opt_state, stats
 
 
 # --- demonstrations ------------------------------------------------------------------------------
@@ -322,12 +352,13 @@ class FinetuneResult:
         }
 
 
-def _fetch_stats(steps: Sequence[StepStats]) -> dict[str, np.ndarray]:
-    """Every step's stats, stacked on the device and copied to the host in one transfer.
+def _fetch_stats(steps: Sequence[StepStats] | StepStats) -> dict[str, np.ndarray]:
+    """Every step's stats (a list of steps, stacked here on the device, or already stacked by a
+    scan), copied to the host in one transfer.
 
     The steps before it were dispatched without waiting on each other (no per-step host sync);
     this is the run's only device-to-host copy of stats, and its only explicitly allowed one."""
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
+    stacked = steps if isinstance(steps, StepStats) else jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
     with jax.transfer_guard_device_to_host("allow"):
         fetched = jax.device_get(dataclasses.asdict(stacked))
     return {k: np.asarray(v, np.float32) for k, v in fetched.items()}
@@ -372,19 +403,20 @@ def finetune(
     lr = jnp.float32(options.lr)
     steps = []
     start = time.perf_counter()
-    for i, seq in enumerate(seqs):
-        ls = None if label_starts is None else label_starts[i]
-        batch = _batch([demo_arrays(seq, ls, options.loss_tokens, _length(config, len(seq), options))])
-        trainable, opt_state, stats = train_step(
-            trainable, opt_state, frozen_c, batch, lr, True, config=config, spec=spec, mask=mask
-        )
-        steps.append(stats)
-    stats = _fetch_stats(steps)
+    with stage_clock.waiting():  # dispatching the steps and waiting for their stats and params
+        for i, seq in enumerate(seqs):
+            ls = None if label_starts is None else label_starts[i]
+            batch = _batch([demo_arrays(seq, ls, options.loss_tokens, _length(config, len(seq), options))])
+            trainable, opt_state, stats = train_step(
+                trainable, opt_state, frozen_c, batch, lr, True, config=config, spec=spec, mask=mask
+            )
+            steps.append(stats)
+        stats = _fetch_stats(steps)
+        jax.block_until_ready(trainable)
     diverged = _first_divergence(stats)
     if diverged:
         step, why = diverged
         raise TrainingError(f"finetuning diverged at step {step} on {_name(step, demo_names)}: {why}")
-    jax.block_until_ready(trainable)
     return _result(T.merge_params(trainable, frozen), stats, time.perf_counter() - start)
 
 
@@ -400,7 +432,7 @@ def _result(params: dict, stats: dict[str, np.ndarray], seconds: float) -> Finet
 
 
 def finetune_many(
-    params: dict,
+    params: dict | Sequence[dict],
     config: ModelConfig,
     sequence_sets: Sequence[Sequence[Ids]],
     options: FinetuneOptions,
@@ -409,9 +441,18 @@ def finetune_many(
     mask: T.ParamMask | None = None,
     max_parallel: int | None = None,
     mesh: Mesh | None = None,
+    lrs: Sequence[float] | None = None,
+    scan: bool = False,
 ) -> list[FinetuneResult]:
-    """`finetune` of several demonstration sets (e.g. a task's seeds) from the same params, their
-    steps run together under `jax.vmap` (`max_parallel` sets at a time, to bound memory).
+    """`finetune` of several demonstration sets (e.g. a task's seeds), their steps run together
+    under `jax.vmap` (`max_parallel` sets at a time, to bound memory).
+
+    params: one tree every set starts from, or one tree per set (e.g. the untrained variants'
+    re-initialisations, stacked and vmapped: same shapes required). lrs: one learning rate per
+    set (a learning-rate sweep as one more batched axis); default `options.lr` for all.
+    scan: pad every step to the run's longest bucket and run all steps as one `lax.scan`, so a
+    run is one dispatch (accelerators: dispatch costs more than the padding); else one dispatch
+    per step, each padded to its own bucket (a 2-core CPU: padding costs more).
 
     Step i of every set runs at once, each padded to the longest bucket among them; a set with
     fewer demonstrations idles (its step is computed and discarded). Results equal one-by-one
@@ -422,65 +463,117 @@ def finetune_many(
     so a `max_parallel` that is such a multiple wastes nothing."""
     mask = mask or T.kv_mask(config)
     n_sets = len(sequence_sets)
+    starts = list(params) if _per_set(params) else None
+    rates = [options.lr] * n_sets if lrs is None else [dataclasses.replace(options, lr=r).lr for r in lrs]
+    for what, got in (("params trees", starts), ("learning rates", rates), ("label start lists", label_starts_sets)):
+        if got is not None and len(got) != n_sets:
+            raise TrainingError(f"{len(got)} {what} for {n_sets} demonstration sets")
     chunk = max_parallel or n_sets
     if chunk < n_sets:
         out = []
         for lo in range(0, n_sets, chunk):
-            sub = None if label_starts_sets is None else label_starts_sets[lo : lo + chunk]
+            part = slice(lo, lo + chunk)
             out += finetune_many(
-                params, config, sequence_sets[lo : lo + chunk], options,
-                label_starts_sets=sub, mask=mask, mesh=mesh,
+                params if starts is None else starts[part], config, sequence_sets[part], options,
+                label_starts_sets=None if label_starts_sets is None else label_starts_sets[part],
+                mask=mask, mesh=mesh, lrs=rates[part], scan=scan,
             )  # fmt: skip
         return out
     sets = [
         _check_demos(config, seqs, None if label_starts_sets is None else label_starts_sets[s], options)
         for s, seqs in enumerate(sequence_sets)
     ]
+    idle = -n_sets % sharding.axis_size(mesh, sharding.DATA) if mesh is not None else 0
     if mesh is not None:
         sharding.check_mesh(mesh)
-        sets += [[]] * (-n_sets % sharding.axis_size(mesh, sharding.DATA))  # idle: never active
+    sets += [[]] * idle  # idle sets: never active
+    rates += [rates[0]] * idle
     spec = StepSpec.of(options)
-    one, frozen = T.split_params(params, mask.paths)
-    frozen_c = _compute_copy(frozen, options)
-    stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (len(sets),) + x.shape), tree)  # noqa: E731
-    trainable = stack(one)
-    opt_state = stack(optimizer(spec, options.lr).init(one))
+    if starts is None:
+        one, frozen = T.split_params(params, mask.paths)
+        frozens = [frozen] * n_sets
+        trainable = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(sets),) + x.shape), one)
+        frozen_c = _compute_copy(frozen, options)
+    else:
+        parts = [T.split_params(p, mask.paths) for p in starts + starts[:1] * idle]
+        _check_same_shapes([p for p, _ in parts], [f for _, f in parts])
+        frozens = [f for _, f in parts]
+        trainable = jax.tree.map(lambda *xs: jnp.stack(xs), *(p for p, _ in parts))
+        frozen_c = _compute_copy(jax.tree.map(lambda *xs: jnp.stack(xs), *frozens), options)
+        one = parts[0][0]
+    opt_state = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (len(sets),) + x.shape), optimizer(spec, options.lr).init(one)
+    )
+    lr = jnp.asarray(rates, jnp.float32)
     if mesh is not None:
-        frozen_c = sharding.shard_params(frozen_c, mesh)
+        frozen_c = sharding.shard_params(frozen_c, mesh, sets_axis=starts is not None)
         trainable, opt_state = sharding.shard_params((trainable, opt_state), mesh, sets_axis=True)
-    lr = jnp.float32(options.lr)
-    steps = []
+        lr = sharding.shard_batch(lr, mesh)
+    statics = dict(config=config, spec=spec, mask=mask, frozen_per_set=starts is not None)
+    n_steps = max(map(len, sets))
+    active = np.array([[i < len(seqs) for seqs in sets] for i in range(n_steps)])  # [n_steps, S]
+    lengths = [max(_length(config, len(seqs[i]), options) for seqs in sets if i < len(seqs)) for i in range(n_steps)]
+    if scan:
+        lengths = [max(lengths)] * n_steps
+    batches = [_step_batch(sets, label_starts_sets, options, i, lengths[i], active[i]) for i in range(n_steps)]
     start = time.perf_counter()
-    for i in range(max(map(len, sets))):
-        active = [i < len(seqs) for seqs in sets]
-        length = max(_length(config, len(seqs[i]), options) for seqs in sets if i < len(seqs))
-        arrays = []
-        busy = active.index(True)  # an idle set computes a step of a busy one, discarded
-        for s in range(len(sets)):
-            src = s if active[s] else busy
-            ls = None if label_starts_sets is None else label_starts_sets[src][i]
-            arrays.append(demo_arrays(sets[src][i], ls, options.loss_tokens, length))
-        batch = jax.tree.map(lambda x: x[:, None], _batch(arrays))  # [S, 1, T]
-        on = jnp.asarray(active)
-        if mesh is not None:
-            batch, on = sharding.shard_batch((batch, on), mesh)
-        trainable, opt_state, stats = train_step_many(
-            trainable, opt_state, frozen_c, batch, lr, on, config=config, spec=spec, mask=mask
-        )
-        steps.append(stats)
-    stats = _fetch_stats(steps)  # [n_steps, n_sets, ...]
+    with stage_clock.waiting():  # dispatching the steps and waiting for their stats and params
+        if scan:
+            batch = jax.tree.map(lambda *xs: np.stack(xs), *batches)  # [n_steps, S, 1, T]
+            batch, on = jax.tree.map(jnp.asarray, (batch, active))
+            if mesh is not None:
+                batch, on = sharding.shard_batch((batch, on), mesh, axis=1)
+            trainable, opt_state, stacked = train_run_many(trainable, opt_state, frozen_c, batch, lr, on, **statics)
+            stats = _fetch_stats(stacked)
+        else:
+            steps = []
+            for i in range(n_steps):
+                batch, on = jax.tree.map(jnp.asarray, (batches[i], active[i]))
+                if mesh is not None:
+                    batch, on = sharding.shard_batch((batch, on), mesh)
+                trainable, opt_state, step_stats = train_step_many(
+                    trainable, opt_state, frozen_c, batch, lr, on, **statics
+                )
+                steps.append(step_stats)
+            stats = _fetch_stats(steps)  # [n_steps, n_sets, ...]
+        jax.block_until_ready(trainable)
     per_set = [{k: v[: len(sets[s]), s] for k, v in stats.items()} for s in range(n_sets)]  # its active steps
     for s, set_stats in enumerate(per_set):
         diverged = _first_divergence(set_stats)
         if diverged:
             step, why = diverged
             raise TrainingError(f"finetuning diverged in set {s} at step {step} on demonstration {step}: {why}")
-    jax.block_until_ready(trainable)
     seconds = time.perf_counter() - start
     return [
-        _result(T.merge_params(jax.tree.map(lambda x: x[s], trainable), frozen), per_set[s], seconds)
+        _result(T.merge_params(jax.tree.map(lambda x: x[s], trainable), frozens[s]), per_set[s], seconds)
         for s in range(n_sets)
     ]
+
+
+def _per_set(params) -> bool:
+    """A sequence of param trees (one per set) rather than one tree (a dict)."""
+    return not isinstance(params, dict)
+
+
+def _check_same_shapes(*groups: Sequence[dict]) -> None:
+    """Per-set starting params must stack: the same tree structure and shapes in every set."""
+    for trees in groups:
+        first = jax.tree.map(np.shape, trees[0])
+        for s, tree in enumerate(trees[1:], 1):
+            if jax.tree.map(np.shape, tree) != first:
+                raise TrainingError(f"the params of set {s} differ in structure or shapes from those of set 0")
+
+
+def _step_batch(sets, label_starts_sets, options: FinetuneOptions, i: int, length: int, active) -> DemoBatch:
+    """Host arrays [S, 1, length] of step i of every set; an idle set repeats a busy one's
+    demonstration (computed and discarded)."""
+    busy = int(np.argmax(active))
+    arrays = []
+    for s in range(len(sets)):
+        src = s if active[s] else busy
+        ls = None if label_starts_sets is None else label_starts_sets[src][i]
+        arrays.append(demo_arrays(sets[src][i], ls, options.loss_tokens, length))
+    return DemoBatch(*(np.stack(a)[:, None] for a in zip(*arrays)))
 
 
 def finetune_prompts(
@@ -567,7 +660,7 @@ def _save(directory, key: str, result: FinetuneResult, mask: T.ParamMask) -> Non
 
 def finetune_many_cached(
     directories: Sequence,
-    params: dict,
+    params: dict | Sequence[dict],
     config: ModelConfig,
     sequence_sets: Sequence[Sequence[Ids]],
     options: FinetuneOptions,
@@ -576,22 +669,32 @@ def finetune_many_cached(
     label_starts_sets: Sequence[Sequence[int]] | None = None,
     mask: T.ParamMask | None = None,
     max_parallel: int | None = None,
+    lrs: Sequence[float] | None = None,
+    scan: bool = False,
 ) -> list[bool]:
     """Finetune together (`finetune_many`) the sets whose directory holds no saved result of that
-    exact run, from the same `params`, and save each as `finetune_cached` would, so that a later
-    `finetune_cached` of the same run (same `base`, one per set) restores it. Returns, per set,
-    whether it was computed here.
+    exact run, and save each as `finetune_cached` would, so that a later `finetune_cached` of the
+    same run (same `base`, same params, `options` with that set's rate) restores it. Returns, per
+    set, whether it was computed here.
 
-    A diverged set raises (naming the set) before anything of this batch is saved."""
+    params, lrs: as in `finetune_many` (one tree or one per set; one rate per set, part of each
+    set's key). A diverged set raises (naming the set) before anything of this batch is saved."""
     mask = mask or T.kv_mask(config)
     starts = label_starts_sets or [None] * len(sequence_sets)
-    keys = [run_key(config, seqs, options, mask, base, ls) for seqs, ls, base in zip(sequence_sets, starts, bases)]
-    have = distributed.on_host0(lambda: [checkpoint.has(d, k) for d, k in zip(directories, keys)])
+    rates = lrs if lrs is not None else [options.lr] * len(sequence_sets)
+    set_options = [dataclasses.replace(options, lr=r) for r in rates]
+    keys = [
+        run_key(config, seqs, opts, mask, base, ls)
+        for seqs, ls, base, opts in zip(sequence_sets, starts, bases, set_options, strict=True)
+    ]
+    have = distributed.on_host0(lambda: [checkpoint.has(d, k) for d, k in zip(directories, keys, strict=True)])
     todo = [i for i, found in enumerate(have) if not found]
     if todo:
+        pick = lambda items: None if items is None else [items[i] for i in todo]  # noqa: E731
         results = finetune_many(
-            params, config, [sequence_sets[i] for i in todo], options, mask=mask, max_parallel=max_parallel,
-            label_starts_sets=None if label_starts_sets is None else [label_starts_sets[i] for i in todo],
+            params if not _per_set(params) else pick(params), config, pick(sequence_sets), options,
+            mask=mask, max_parallel=max_parallel, label_starts_sets=pick(label_starts_sets),
+            lrs=pick(rates), scan=scan,
         )  # fmt: skip
         for i, result in zip(todo, results):
             _save(directories[i], keys[i], result, mask)

@@ -30,11 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxicl import batch_size, sharding
+from jaxicl import batch_size, sharding, stage_clock
 from jaxicl.api import bucket, check_ids
 from jaxicl.errors import InputError
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.transformer import TAP_NAMES, KVCache, forward
+from jaxicl.transforms import flatten, merge_params, unflatten
 
 Ids = Sequence[int]
 RECORD_TAPS = ("attn_out", "attn_scores", "resid_post")
@@ -66,8 +67,7 @@ def prefix_cache(params: dict, config: ModelConfig, ids: jax.Array, valid: jax.A
     return forward(params, config, ids, valid=valid, logits_at=None).cache
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def score_rows(
+def _score(
     params: dict,
     config: ModelConfig,
     taps: tuple[str, ...],
@@ -79,7 +79,6 @@ def score_rows(
     score_tok: jax.Array,  # [B, P, C'] target tokens at those positions
     score_mask: jax.Array,  # [B, P] which positions count
 ) -> tuple[jax.Array, dict]:
-    """Summed log-probs [B, C'] of the targets, and the records at the probe."""
     out = forward(params, config, ids, valid=valid, cache=cache, logits_at=score_pos, taps=taps, tap_at=probe)
     logp = jax.nn.log_softmax(out.logits, axis=-1)  # [B, P, V]
     picked = jnp.take_along_axis(logp, score_tok, axis=-1)  # [B, P, C']
@@ -90,6 +89,45 @@ def score_rows(
         records["attn_scores"] = records["attn_scores"][..., start:]
     records = {name: jnp.moveaxis(x, 0, 1) for name, x in records.items()}  # [B, L, ...]
     return scores, records
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def score_rows(params: dict, config: ModelConfig, taps: tuple[str, ...], cache: KVCache | None, *rows) -> tuple:
+    """Summed log-probs [B, C'] of the targets, and the records at the probe, of a batch of rows
+    (ids, valid, probe, score_pos, score_tok, score_mask: see `_score`)."""
+    return _score(params, config, taps, cache, *rows)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def prefix_cache_many(shared: dict, stacked: dict, config: ModelConfig, ids: jax.Array, valid: jax.Array) -> KVCache:
+    """`prefix_cache` of M models at once: params = shared (one copy) + stacked (leaves [M, ...])."""
+    return jax.vmap(lambda part: prefix_cache(merge_params(shared, part), config, ids, valid))(stacked)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def score_rows_many(shared: dict, stacked: dict, config: ModelConfig, taps: tuple[str, ...], caches, *rows) -> tuple:
+    """`score_rows` of the same rows under M models: scores [M, B, C'], records [M, B, L, ...]."""
+    one = lambda part, cache: _score(merge_params(shared, part), config, taps, cache, *rows)  # noqa: E731
+    return jax.vmap(one, in_axes=(0, None if caches is None else 0))(stacked, caches)
+
+
+def split_shared(params_list: Sequence[dict]) -> tuple[dict, dict]:
+    """(shared, stacked) of several param trees of one config: a leaf that is the same array in
+    every tree (e.g. the frozen weights of models finetuned from one start) is kept once; the
+    others are stacked along a new leading model axis."""
+    flats = [flatten(p) for p in params_list]
+    if any(f.keys() != flats[0].keys() for f in flats):
+        raise InputError("the models to evaluate together have different parameter trees")
+    shared, stacked = {}, {}
+    for path, leaf in flats[0].items():
+        leaves = [f[path] for f in flats]
+        if all(x is leaf for x in leaves):
+            shared[path] = leaf
+        elif any(np.shape(x) != np.shape(leaf) for x in leaves):
+            raise InputError(f"the models to evaluate together differ in the shape of {path}")
+        else:
+            stacked[path] = jnp.stack(leaves)
+    return unflatten(shared), unflatten(stacked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,20 +177,55 @@ def evaluate(
 
     mesh: split each batch's rows over its "data" axis (options.batch_size must be a multiple of
     that axis's size); params and cache are placed as the module docstring says."""
-    n, n_classes = len(queries), len(candidates)
     _check_inputs(config, prefix, queries, candidates, options, mesh)
     if mesh is not None:
         params = sharding.shard_params(params, mesh)
-
     cache = None
     if len(prefix):
         cache = prefix_cache(params, config, *map(jnp.asarray, _pad_prefix(prefix, 64)))
         cache = cache if mesh is None else sharding.replicate(cache, mesh)
 
+    def score(taps, arrays):  # one model: a leading model axis of 1
+        got = score_rows(params, config, taps, cache, *_to_devices(arrays, mesh))
+        return jax.tree.map(lambda x: x[None], got)
+
+    return _score_queries(score, 1, config, prefix, queries, candidates, options, mesh)[0]
+
+
+def evaluate_many(
+    params_list: Sequence[dict],
+    config: ModelConfig,
+    prefix: Ids,
+    queries: Sequence[Ids],
+    candidates: Sequence[Ids],
+    options: EvalOptions = EvalOptions(),
+) -> list[EvalResult]:
+    """`evaluate` of several models of one config (e.g. every finetuned model of a task) over the
+    same queries: each batch of rows runs once, vmapped over the models (`split_shared`: what the
+    models share is passed once). Equals evaluating each alone up to float rounding."""
+    _check_inputs(config, prefix, queries, candidates, options)
+    if not len(params_list):
+        raise InputError("no models to evaluate")
+    shared, stacked = split_shared(params_list)
+    caches = None
+    if len(prefix):
+        caches = prefix_cache_many(shared, stacked, config, *map(jnp.asarray, _pad_prefix(prefix, 64)))
+
+    def score(taps, arrays):
+        return score_rows_many(shared, stacked, config, taps, caches, *map(jnp.asarray, arrays))
+
+    return _score_queries(score, len(params_list), config, prefix, queries, candidates, options)
+
+
+def _score_queries(score, n_models: int, config, prefix, queries, candidates, options, mesh=None) -> list[EvalResult]:
+    """The batching shared by `evaluate` and `evaluate_many`: rows padded into length buckets and
+    fixed-size batches, `score(taps, arrays)` -> (scores [M, B, C'], records [M, B, ...]) per batch,
+    copied to the host batch by batch; an out-of-memory batch is halved and retried."""
+    n, n_classes = len(queries), len(candidates)
     rows = _rows(queries, candidates, options.probe)
     n_pos = max(len(row.score_pos) for row in rows)  # one scored-positions width per run: fewer compiles
-    scores = np.zeros((n, n_classes), np.float64)
-    records: dict[str, list] = {name: [None] * n for name in options.records}
+    scores = np.zeros((n_models, n, n_classes), np.float64)
+    records: list[dict[str, list]] = [{name: [None] * n for name in options.records} for _ in range(n_models)]
     map_lengths = np.zeros(n, np.int64)
     taps = tuple(options.records)
 
@@ -162,16 +235,17 @@ def evaluate(
     multiple = 1 if mesh is None else sharding.axis_size(mesh, sharding.DATA)
     size = options.batch_size
     if size == "auto":
-        size = batch_size.auto_rows(config, max(by_length), len(prefix), n_pos, multiple)
+        size = batch_size.auto_rows(config, max(by_length), len(prefix), n_pos, multiple, models=n_models)
     for length, group in sorted(by_length.items()):
         start = 0
         while start < len(group):
             batch = group[start : start + size]
-            arrays = _batch_arrays(batch, length, size, n_pos)
             try:
-                got_scores, got_records = score_rows(params, config, taps, cache, *_to_devices(arrays, mesh))
-                got_scores = np.asarray(got_scores, np.float64)
-                got_records = {k: np.asarray(v) for k, v in got_records.items()}
+                arrays = _batch_arrays(batch, length, size, n_pos)
+                with stage_clock.waiting():
+                    got_scores, got_records = score(taps, arrays)
+                    got_scores = np.asarray(got_scores, np.float64)
+                    got_records = {k: np.asarray(v) for k, v in got_records.items()}
             except jax.errors.JaxRuntimeError as e:
                 if not batch_size.is_out_of_memory(e):
                     raise
@@ -179,7 +253,8 @@ def evaluate(
                 if smaller is None:
                     raise InputError(
                         f"out of device memory scoring queries: a batch of {size} rows x {length} tokens "
-                        f"after a {len(prefix)}-token prefix, {len(taps)} records; no smaller batch is possible"
+                        f"after a {len(prefix)}-token prefix, {len(taps)} records, {n_models} model(s); "
+                        "no smaller batch is possible"
                     ) from e
                 warnings.warn(f"out of device memory at {size} query rows x {length} tokens; scoring with {smaller}")
                 size = smaller
@@ -187,23 +262,26 @@ def evaluate(
             start += len(batch)
             for b, row in enumerate(batch):
                 if row.column < 0:
-                    scores[row.example] = got_scores[b]
+                    scores[:, row.example] = got_scores[:, b]
                 else:
-                    scores[row.example, row.column] = got_scores[b, 0]
+                    scores[:, row.example, row.column] = got_scores[:, b, 0]
                 if row.column > 0:
                     continue  # records come from the option-0 row
                 map_lengths[row.example] = row.probe + 1
-                for name in taps:
-                    rec = got_records[name][b]
-                    records[name][row.example] = rec[..., : row.probe + 1] if name == "attn_scores" else rec
-    stacked = {name: _stack_padded(recs) for name, recs in records.items()}
-    return EvalResult(
-        scores=scores,
-        predictions=np.argmax(scores, axis=1),
-        records=stacked,
-        map_lengths=map_lengths,
-        prefix_len=len(prefix),
-    )
+                for m in range(n_models):
+                    for name in taps:
+                        rec = got_records[name][m, b]
+                        records[m][name][row.example] = rec[..., : row.probe + 1] if name == "attn_scores" else rec
+    return [
+        EvalResult(
+            scores=scores[m],
+            predictions=np.argmax(scores[m], axis=1),
+            records={name: _stack_padded(recs) for name, recs in records[m].items()},
+            map_lengths=map_lengths.copy(),
+            prefix_len=len(prefix),
+        )
+        for m in range(n_models)
+    ]
 
 
 def _check_inputs(

@@ -137,9 +137,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def shard_batch(tree: Any, mesh: Mesh) -> Any:
-    """Split the leading axis of every leaf over "data" (the rest replicated)."""
+def shard_batch(tree: Any, mesh: Mesh, axis: int = 0) -> Any:
+    """Split axis `axis` (default the leading one) of every leaf over "data" (the rest replicated)."""
     check_mesh(mesh)
     for leaf in jax.tree.leaves(tree):
-        check_multiple(mesh, np.shape(leaf)[0], "the batch's leading axis")
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(DATA)))
+        check_multiple(mesh, np.shape(leaf)[axis], f"axis {axis} of the batch" if axis else "the batch's leading axis")
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA)))

@@ -234,14 +234,20 @@ def test_cli_run_interrupted_prints_one_line_resumes_and_profiles(tiny_lm, task_
     assert len(_cell_files(tmp_path / "run")) == 4
 
 
-@pytest.mark.slow  # the tiny grid twice, plus the vmapped finetuning programs
+@pytest.mark.slow  # the tiny grid (two variants) twice, plus the vmapped finetuning and evaluation programs
 def test_batched_runs_write_the_cells_of_the_one_by_one_run(tiny_lm, task_spec, tmp_path):
-    config = _config(task_spec)
-    assert run(config, tmp_path / "one", lm=tiny_lm, quiet=True, batch_runs="off")["done"] == 4
-    assert run(config, tmp_path / "batched", lm=tiny_lm, quiet=True, batch_runs="on")["done"] == 4
-    timing = json.loads((tmp_path / "batched" / "timing.json").read_text())["batched_finetune"]
-    assert timing["runs"] == 4 and timing["seconds"] > 0  # 2 runs x GD and LCGD, each pair under vmap
-    assert json.loads((tmp_path / "one" / "timing.json").read_text())["batched_finetune"]["runs"] == 0
+    config = _config(task_spec, variants=("trained", "trained-embeddings"))
+    assert run(config, tmp_path / "one", lm=tiny_lm, quiet=True, batch_runs="off")["done"] == 8
+    assert run(config, tmp_path / "batched", lm=tiny_lm, quiet=True, batch_runs="on")["done"] == 8
+    timing = json.loads((tmp_path / "batched" / "timing.json").read_text())["batched"]
+    # per variant: 2 runs x GD and LCGD finetuned under vmap, then their 4 ftzs evaluations at once
+    assert timing["runs"] == 8 and timing["evaluations"] == 8 and timing["seconds"] > 0, timing
+    assert json.loads((tmp_path / "one" / "timing.json").read_text())["batched"]["runs"] == 0
+    stages = json.loads((tmp_path / "batched" / "timing.json").read_text())["stages"]
+    assert {"together", "zero_shot", "icl", "ftzs_gd", "metrics_gd"} <= set(stages), stages
+    for name, split in stages.items():  # wall = device + compile + host (each rounded to 1 ms)
+        assert split["wall"] == pytest.approx(split["device"] + split["compile"] + split["host"], abs=0.003), name
+        assert min(split.values()) >= 0, (name, split)
     cells = [p.relative_to(tmp_path / "one") for p in _cell_files(tmp_path / "one")]
     assert cells == [p.relative_to(tmp_path / "batched") for p in _cell_files(tmp_path / "batched")]
     for rel in cells:

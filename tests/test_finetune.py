@@ -154,6 +154,45 @@ def test_batched_sets_equal_one_by_one():
                 np.testing.assert_allclose(T.flatten(got.params)[path], x, rtol=1e-5, atol=1e-6, err_msg=path)
 
 
+@pytest.mark.slow  # three vmapped programs (two starts, dispatch and scan) plus three one-by-one runs
+def test_sets_with_own_params_and_rates_equal_one_by_one_stepped_or_scanned():
+    """The batched engine's other axes: each set starts from its own params (the untrained
+    variants' re-initialisations) and steps at its own rate (a learning-rate sweep), one dispatch
+    per step or the whole run as one `lax.scan` padded to one length: each equals `finetune`."""
+    config, params = LLAMA, random_params(LLAMA)
+    sets = [[SEQS[0], SEQS[2], SEQS[4]], [SEQS[4], SEQS[2]], [SEQS[2]]]
+    starts = [params, T.reinit(params, config, "no-training", 1), T.reinit(params, config, "trained-embeddings", 2)]
+    lrs = [0.2, 0.05, 0.1]
+    options = F.FinetuneOptions(lr=0.3, objective=F.LCGD)
+    stepped = F.finetune_many(starts, config, sets, options, lrs=lrs)
+    scanned = F.finetune_many(starts, config, sets, options, lrs=lrs, scan=True)
+    shared = F.finetune_many(params, config, sets, options, lrs=lrs, scan=True)
+    for s, seqs in enumerate(sets):
+        one = F.finetune(starts[s], config, seqs, dataclasses.replace(options, lr=lrs[s]))
+        same_start = F.finetune(params, config, seqs, dataclasses.replace(options, lr=lrs[s]))
+        for got, want in ((stepped[s], one), (scanned[s], one), (shared[s], same_start)):
+            np.testing.assert_allclose(got.losses, want.losses, rtol=1e-5)
+            np.testing.assert_allclose(got.kv_grad_norms, want.kv_grad_norms, rtol=1e-5)
+            for path, x in T.flatten(want.params).items():
+                np.testing.assert_allclose(T.flatten(got.params)[path], x, rtol=1e-5, atol=1e-6, err_msg=path)
+    assert not np.allclose(stepped[1].losses, shared[1].losses)  # the starts really differ
+
+
+def test_batched_axes_refuse_what_does_not_line_up():
+    config, params = LLAMA, random_params(LLAMA)
+    sets = [[[1, 5, 6]], [[1, 7, 8]]]
+    options = F.FinetuneOptions(lr=0.1)
+    with pytest.raises(TrainingError, match="1 learning rates for 2 demonstration sets"):
+        F.finetune_many(params, config, sets, options, lrs=[0.1])
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+        F.finetune_many(params, config, sets, options, lrs=[0.1, float("inf")])
+    with pytest.raises(TrainingError, match="1 params trees for 2"):
+        F.finetune_many([params], config, sets, options)
+    other = random_params(LLAMA.replace(d_ff=LLAMA.d_ff * 2))
+    with pytest.raises(TrainingError, match="set 1 differ in structure or shapes"):
+        F.finetune_many([params, other], config, sets, options)
+
+
 class _CountingNumpy:
     """numpy for jaxicl.finetune, recording each np.asarray / np.array of a jax.Array (a host read)."""
 
@@ -194,7 +233,11 @@ def test_a_run_copies_its_stats_to_the_host_once(monkeypatch):
     reads.clear()
     many = F.finetune_many(params, config, [SEQS[:4], SEQS[:2]], options)
     counts["many"] = len(reads)
-    assert counts == {2: 4, 4: 4, "many": 4}, counts
+    reads.clear()
+    scanned = F.finetune_many(params, config, [SEQS[:4], SEQS[:2]], options, scan=True)
+    counts["scan"] = len(reads)
+    assert counts == {2: 4, 4: 4, "many": 4, "scan": 4}, counts
+    assert [m.losses.shape for m in scanned] == [(4,), (2,)]
     assert [m.losses.shape for m in many] == [(4,), (2,)]
 
 

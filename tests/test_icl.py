@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from jaxicl.errors import InputError
-from jaxicl.icl import RECORD_TAPS, EvalOptions, evaluate
+from jaxicl.icl import RECORD_TAPS, EvalOptions, evaluate, evaluate_many, split_shared
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.init import init_params
 from jaxicl.models.transformer import forward
+from jaxicl.transforms import flatten, unflatten
 
 VOCAB = 97
 BOS = 2
@@ -195,6 +196,35 @@ def test_batch_size_and_padding_do_not_change_numbers(model, batch16, candidates
     for tap in RECORD_TAPS:
         assert run.records[tap].shape == base.records[tap].shape
         _assert_close(run.records[tap], base.records[tap], SAME_TOL, tap)
+
+
+@pytest.mark.slow  # 14 s: two vmapped and four single programs per model and case
+@pytest.mark.parametrize("prefix, candidates", [(ICL_PREFIX, MULTI), (ZS_PREFIX, SINGLE)], ids=["icl-multi", "zs-single"])
+def test_several_models_at_once_equal_each_alone(model, prefix, candidates):
+    """evaluate_many (the batched zero-shot evaluation of a task's finetuned models): models that
+    share all but their keys (one copy of the rest) and models that share nothing."""
+    config, params = model
+    flat = dict(flatten(params))
+    flat["blocks/k/w"] = flat["blocks/k/w"] * 1.5  # a "finetuned" model: only k differs, the rest the same arrays
+    tuned = unflatten(flat)
+    other = _random_params(config, seed=1)
+    options = EvalOptions(batch_size=4, length_multiple=16)
+    shared, stacked = split_shared([params, tuned])
+    assert list(flatten(stacked)) == ["blocks/k/w"] and "embed" in flatten(shared)
+    for models in ([params, tuned], [params, other]):
+        together = evaluate_many(models, config, prefix, QUERIES, candidates, options)
+        for got, p in zip(together, models, strict=True):
+            alone = evaluate(p, config, prefix, QUERIES, candidates, options)
+            _assert_close(got.scores, alone.scores, SAME_TOL, "scores")
+            np.testing.assert_array_equal(got.predictions, alone.predictions)
+            np.testing.assert_array_equal(got.map_lengths, alone.map_lengths)
+            for tap in RECORD_TAPS:
+                assert got.records[tap].shape == alone.records[tap].shape
+                _assert_close(got.records[tap], alone.records[tap], SAME_TOL, tap)
+    assert not np.allclose(together[0].scores, together[1].scores)  # the models really differ
+    flat["blocks/k/w"] = flat["blocks/k/w"][..., :-1]
+    with pytest.raises(InputError, match="differ in the shape of blocks/k/w"):
+        evaluate_many([params, unflatten(flat)], config, prefix, QUERIES, candidates, options)
 
 
 # --- 4. determinism ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxicl import finetune as F
+from jaxicl import transforms as T
 from jaxicl.errors import InputError
 from jaxicl.icl import EvalOptions, evaluate
 from jaxicl.sharding import make_mesh, param_spec, shard_batch, shard_params
@@ -156,9 +157,16 @@ WORKER = textwrap.dedent('''
     ft_params = random_params(LLAMA)
     ft_options = F.FinetuneOptions(lr=0.2, objective=F.LCGD)
     base = F.finetune_many(ft_params, LLAMA, sets, ft_options)
+    # the batched engine's other axes on a mesh: each set its own start and rate, one scan per run
+    starts = [ft_params, T.reinit(ft_params, LLAMA, "no-training", 1), T.reinit(ft_params, LLAMA, "no-training", 2)]
+    own = {"starts": starts, "lrs": [0.2, 0.1, 0.05]}
+    own_base = F.finetune_many(starts, LLAMA, sets, ft_options, lrs=own["lrs"])
     out["finetune"] = {}
-    for mesh_name, mesh in meshes.items():
-        got = F.finetune_many(ft_params, LLAMA, sets, ft_options, mesh=mesh)
+    runs = [(name, mesh, {}, base) for name, mesh in meshes.items()]
+    runs.append(("4x2-scan-own-starts", meshes["4x2"], {"scan": True, "lrs": own["lrs"]}, own_base))
+    for mesh_name, mesh, extra, base in runs:
+        params_in = starts if "lrs" in extra else ft_params
+        got = F.finetune_many(params_in, LLAMA, sets, ft_options, mesh=mesh, **extra)
         assert len(got) == len(sets)
         out["finetune"][mesh_name] = {
             "n": len(got),
@@ -219,7 +227,7 @@ def test_evaluate_on_a_mesh_equals_one_device(eight_devices, case, mesh):
     assert set(got["records"]) == {"attn_out", "attn_scores", "resid_post"}
 
 
-@pytest.mark.parametrize("mesh", ["8x1", "4x2"])
+@pytest.mark.parametrize("mesh", ["8x1", "4x2", "4x2-scan-own-starts"])
 def test_finetune_many_on_a_mesh_equals_one_device(eight_devices, mesh):
     got = eight_devices["finetune"][mesh]
     assert got["n"] == 3 and got["steps"] == [3, 2, 1]  # the idle padding sets are dropped
