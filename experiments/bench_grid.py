@@ -1,11 +1,14 @@
-"""One task's grid run batched (`--batch-runs on`: the runs finetuned together under vmap) and one
-by one (`off`), each in a fresh process with no persistent compilation cache, side by side.
+"""One task's grid run batched (`--batch-runs on`: per (task, variant), the finetuning runs under
+vmap, each run one lax.scan, then the finetuned models' zero-shot evaluations under vmap) and one by
+one (`off`), each in a fresh process with no persistent compilation cache, side by side.
 
-Prints wall time, programs compiled and compile seconds, the batched finetuning's share, the
-device-to-host copies of finetuning stats per run (one by construction: jaxicl/finetune.py
-fetches a run's stacked stats once), and the largest difference between the two runs' cells.
+Prints wall time, programs compiled and compile seconds, the batched engine's share, each run's
+time split into device, compile and host (timing.json "stages"), the device-to-host copies of
+finetuning stats per run (one by construction: jaxicl/finetune.py fetches a run's stacked stats
+once), and the largest difference between the two runs' cells.
 
     python experiments/bench_grid.py [--model gemma3-270m] [--task sst2] [--n-runs 3] [--n-eval 200] [--k 32]
+                                     [--variants trained,trained-embeddings]
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ def child(args) -> dict:
 
     lm = jaxicl.load(args.model)
     config = RunConfig(model=args.model, tasks=(args.task,), n_runs=args.n_runs, k=args.k, n_eval=args.n_eval,
-                       data_dir=args.data_dir)  # fmt: skip
+                       variants=tuple(args.variants.split(",")), data_dir=args.data_dir)  # fmt: skip
     start = time.perf_counter()
     counts = run(config, args.out, lm=lm, quiet=True, batch_runs=args.mode)
     wall = time.perf_counter() - start
     timing = json.loads((Path(args.out) / "timing.json").read_text())
     return {"wall_s": wall, "cells": counts["done"], "compile": timing["compile"],
-            "batched_finetune": timing["batched_finetune"], "rss_mb": rss_mb()}
+            "batched": timing["batched"], "stages": timing["stages"], "rss_mb": rss_mb()}
 
 
 def _leaves(tree, path=""):
@@ -73,6 +76,7 @@ def main() -> None:
     parser.add_argument("--n-runs", type=int, default=3)
     parser.add_argument("--n-eval", type=int, default=200)
     parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--variants", default="trained")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
@@ -85,20 +89,29 @@ def main() -> None:
     import jax
 
     common = ["--model", args.model, "--task", args.task, "--n-runs", str(args.n_runs), "--n-eval", str(args.n_eval),
-              "--k", str(args.k)] + (["--data-dir", args.data_dir] if args.data_dir else [])  # fmt: skip
+              "--k", str(args.k), "--variants", args.variants] + (["--data-dir", args.data_dir] if args.data_dir else [])  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         rows = {mode: run_child(__file__, mode, [*common, "--mode", mode, "--out", f"{tmp}/{mode}"])
                 for mode in ("off", "on")}
         diff = cell_difference(Path(tmp, "off"), Path(tmp, "on"))
     rate = matmul_gflops()
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); 2048^2 fp32 matmul: {rate:.0f} GFLOP/s")
-    print(f"grid: {args.model}, {args.task}, {args.n_runs} runs x GD/LCGD, trained, k={args.k}, n_eval={args.n_eval}")
-    print("| runs | wall s | programs compiled | compile s | runs finetuned together | their s | stats copies per run |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"grid: {args.model}, {args.task}, {args.n_runs} runs x GD/LCGD, {args.variants}, k={args.k}, "
+          f"n_eval={args.n_eval}")
+    print("| runs | wall s | programs compiled | compile s | device s | host s | finetuning runs / ftzs together "
+          "| their s | stats copies per run |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mode, label in (("off", "one by one"), ("on", "batched")):
         r = rows[mode]
+        device = sum(split["device"] for split in r["stages"].values())
+        host = sum(split["host"] for split in r["stages"].values())
         print(f"| {label} | {r['wall_s']:.1f} | {r['compile']['programs']} | {r['compile']['seconds']:.1f} | "
-              f"{r['batched_finetune']['runs']} | {r['batched_finetune']['seconds']:.1f} | 1 |")
+              f"{device:.1f} | {host:.1f} | {r['batched']['runs']} / {r['batched']['evaluations']} | "
+              f"{r['batched']['seconds']:.1f} | 1 |")
+    for mode, label in (("off", "one by one"), ("on", "batched")):
+        print(f"{label}, per stage (wall / device / compile / host s): " + "; ".join(
+            f"{stage} {s['wall']:.1f}/{s['device']:.1f}/{s['compile']:.1f}/{s['host']:.1f}"
+            for stage, s in rows[mode]["stages"].items()))
     print(f"batched / one by one wall time: {rows['on']['wall_s'] / rows['off']['wall_s']:.2f}")
     print(f"cells: accuracies {'equal' if diff['same_accuracy'] else 'DIFFER'}; largest |difference| per key:")
     for key, (value, where) in diff["max_abs"].items():

@@ -6,7 +6,11 @@ Each method runs in its own subprocess (so peak RSS is its own) on the same prom
   * hf-cached: transformers computes the demonstration prefix once and reuses a copy of its
                KV cache for every query (what a careful user would write);
   * jaxicl:    jaxicl.icl.evaluate (prefix KV cache shared by batched, length-bucketed queries).
-Then jaxicl's per-query cost for k in {0, 8, 16, 32, 64} demonstrations.
+Then jaxicl's per-query cost for k in {0, 8, 16, 32, 64} demonstrations. Beside jaxicl's time it
+prints its achieved GFLOP/s and this machine's own jitted 2048² fp32 matmul rate, measured in the
+same process: "executed" counts what the device computes (padded rows and tokens included, the
+formula of experiments/gpu_check.py), "useful" only each query's real tokens against the real
+prefix; their gap is the padding.
 
     python experiments/bench_icl.py [--model gemma3-270m] [--task sst2] [--n-queries 200]
 """
@@ -20,7 +24,7 @@ import platform
 import sys
 import time
 
-from benchutil import rss_mb, run_child
+from benchutil import matmul_gflops, rss_mb, run_child
 
 
 def _prompts(model: str, task: str, k: int, n: int, seed: int):
@@ -51,7 +55,11 @@ def run_jaxicl(args) -> dict:
     t0 = time.perf_counter()
     result = evaluate(lm.params, lm.config, p.prefix_ids, p.query_ids, p.candidate_ids, options)
     warm = time.perf_counter() - t0
+    executed, useful = icl_flops(lm.config, p, options)
     return {
+        "executed_gflops": executed / warm / 1e9,
+        "useful_gflops": useful / warm / 1e9,
+        "matmul_gflops": matmul_gflops(),
         "seconds": warm,
         "seconds_incl_compile": total_first,
         "first_result_s": first_s,
@@ -62,6 +70,28 @@ def run_jaxicl(args) -> dict:
         "peak_rss_mb": rss_mb(),
         "rss_after_load_mb": rss_loaded,
     }
+
+
+def icl_flops(config, p, options) -> tuple[float, float]:
+    """(executed, useful) matmul FLOPs of one `evaluate` of the prompts `p`: executed follows
+    evaluate's padding (prefix to a multiple of 64, rows to options.length_multiple, full batches
+    per length bucket); useful counts each query row's real tokens over the real prefix."""
+    from gpu_check import forward_flops
+
+    from jaxicl.api import bucket
+
+    rows = [len(q) + 1 for q in p.query_ids]  # + the probe token (single-token label words)
+    prefix = bucket(len(p.prefix_ids), 64) if len(p.prefix_ids) else 0
+    executed = forward_flops(config, 1, prefix, prefix, 0) if prefix else 0.0
+    by_length: dict[int, int] = {}
+    for n in rows:
+        by_length[bucket(n, options.length_multiple)] = by_length.get(bucket(n, options.length_multiple), 0) + 1
+    for length, count in by_length.items():
+        batches = -(-count // options.batch_size)
+        executed += batches * forward_flops(config, options.batch_size, length, prefix + length, options.batch_size)
+    useful = forward_flops(config, 1, len(p.prefix_ids), len(p.prefix_ids), 0) if len(p.prefix_ids) else 0.0
+    useful += sum(forward_flops(config, 1, n, len(p.prefix_ids) + n, 1) for n in rows)
+    return executed, useful
 
 
 def _hf_model(model: str):
@@ -161,6 +191,10 @@ def main() -> None:
           f"({full['seconds'] / ours['seconds_incl_compile']:.1f}x vs full, "
           f"{cached['seconds'] / ours['seconds_incl_compile']:.1f}x vs cached); "
           f"time to first result {ours['first_result_s']:.1f} s; compilations: {ours['compilations']}")
+    print(f"jaxicl achieved: {ours['executed_gflops']:.1f} GFLOP/s executed (padding included), "
+          f"{ours['useful_gflops']:.1f} GFLOP/s useful; this machine's 2048^2 fp32 matmul: "
+          f"{ours['matmul_gflops']:.1f} GFLOP/s -> {100 * ours['executed_gflops'] / ours['matmul_gflops']:.0f}% "
+          f"executed, {100 * ours['useful_gflops'] / ours['matmul_gflops']:.0f}% useful")
     print("| k | prefix tokens | jaxicl ms/query |")
     print("|---|---|---|")
     for k, r in sweep.items():

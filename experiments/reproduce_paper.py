@@ -11,8 +11,10 @@ is complete before the untrained baselines of Table 1 start.
     python experiments/reproduce_paper.py --only method=gd      # GD cells first (Table 1 is GD only)
     python experiments/reproduce_paper.py --model hf:KoboldAI/fairseq-dense-1.3B --out runs/paper-1.3b
 
-Defaults: `gemma3-270m`; `--n-eval 200` on a CPU and the full eval sets (at most 2000 examples, as
-the authors) on an accelerator; report under RUN_DIR/report unless `--report DIR`.
+Defaults: `gemma3-270m`; `--n-eval 200` and 16 query rows per batch on a CPU, the full eval sets
+(at most 2000 examples, as the authors) and `--batch-size auto` on an accelerator, where
+`--batch-runs auto` also turns the batched engine on; report under RUN_DIR/report unless
+`--report DIR`.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="reuse a run directory written by another config")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--batch-runs", default="auto", choices=("auto", "on", "off"),
-                        help="finetune a task's trained-model runs together under vmap (auto: on an accelerator)")
+                        help="run each task's finetuning runs, and their zero-shot evaluations, together under vmap "
+                             "(auto: on an accelerator)")
+    parser.add_argument("--batch-size", default=None,
+                        help="query rows per batch, or 'auto' (default: 16 on CPU, auto on an accelerator)")
     return parser.parse_args(argv)
 
 
@@ -80,8 +85,21 @@ def run_config(args: argparse.Namespace):
             raise JaxiclError(f"--n-eval must be a positive integer or 'all', got {args.n_eval!r}")
     return RunConfig(
         model=args.model, tasks=_csv(args.tasks), variants=_csv(args.variants), n_eval=n_eval,
-        n_runs=args.n_runs, data_dir=args.data_dir,
+        n_runs=args.n_runs, data_dir=args.data_dir, batch_size=_batch_size(args.batch_size),
     )  # fmt: skip
+
+
+def _batch_size(text: str | None) -> int | str:
+    """16 query rows on a CPU (the committed run's setting), "auto" on an accelerator."""
+    import jax
+
+    if text is None:
+        return 16 if jax.default_backend() == "cpu" else "auto"
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise JaxiclError(f"--batch-size must be a positive integer or 'auto', got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:

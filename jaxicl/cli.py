@@ -101,7 +101,9 @@ def default_compile_cache() -> str:
 
 def _run(args: argparse.Namespace) -> int | None:
     from jaxicl import compile_cache, distributed
+    from jaxicl.data.tasks import get_task
     from jaxicl.experiment import RunConfig, RunInterrupted, parse_only, run
+    from jaxicl.tune import rates_for
 
     distributed.initialize()  # joins the other processes of a multi-host run; else a no-op
     cache = args.compile_cache or default_compile_cache()
@@ -115,10 +117,14 @@ def _run(args: argparse.Namespace) -> int | None:
         if len(perms) != len(seeds):
             raise JaxiclError(f"--perms has {len(perms)} values for {len(seeds)} seeds")
         runs = tuple(zip(seeds, perms))
+    tasks = _csv(args.tasks)
+    rates = rates_for(args.lrs, [get_task(t).name for t in tasks], args.out)
     config = RunConfig(
-        model=args.model, tasks=_csv(args.tasks), runs=runs, n_runs=args.n_runs, methods=_csv(args.methods),
+        model=args.model, tasks=tasks, runs=runs, n_runs=args.n_runs, methods=_csv(args.methods),
         variants=_csv(args.variants), k=args.k, n_eval=args.n_eval, max_len=args.max_len,
         batch_size=args.batch_size, data_dir=args.data_dir,
+        lrs=None if rates is None else tuple(sorted(rates.items())),
+        lrs_source=None if rates is None else ("selected" if args.lrs == "selected" else str(args.lrs)),
     )  # fmt: skip
     try:
         counts = run(config, args.out, force=args.force, only=parse_only(args.only), profile_dir=args.profile,
@@ -130,6 +136,34 @@ def _run(args: argparse.Namespace) -> int | None:
         return 130  # the shell's code for a run stopped by SIGINT
     print(f"{args.out}: {counts['done']} cells run, {counts['skipped']} already done, "
           f"{counts['recomputed']} corrupt cell files recomputed, {counts['deferred']} left for a run without --only")
+
+
+def _tune(args: argparse.Namespace) -> int | None:
+    from jaxicl import compile_cache
+    from jaxicl.tune import DAI_GRID, TuneConfig, tune
+
+    cache = args.compile_cache or default_compile_cache()
+    if cache != "off":
+        compile_cache.enable(cache)
+    config = TuneConfig(
+        model=args.model, tasks=_csv(args.tasks), n_runs=args.n_runs, method=args.method,
+        grid=_csv(args.grid, float) if args.grid else DAI_GRID, search=args.search, select_on=args.select_on,
+        selection_size=args.selection_size, k=args.k, batch_size=args.batch_size, data_dir=args.data_dir,
+        loss_tokens=args.loss_tokens,
+    )  # fmt: skip
+    try:
+        result = tune(config, args.out, batch_runs=args.batch_runs, force=args.force)
+    except KeyboardInterrupt:
+        print(f"jaxicl: tune interrupted; finished rates are kept; resume with: jaxicl {shlex.join(args.argv)}",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    for name, entry in result["tasks"].items():
+        chosen = entry["chosen"]
+        print(f"{name}: lr {chosen['lr']:g} (paper {entry['paper_lr']}), selection accuracy {chosen['accuracy']:.3f}, "
+              f"zero-shot {chosen['zero_shot']:.3f}" + ("" if chosen["finetuning_helps"] else
+              " -- finetuning does not help here"))  # fmt: skip
+    print(f"{args.out}/lr_selection.json: {len(result['tasks'])} tasks in {result['seconds']:.0f} s "
+          f"({result['engine']}, {config.search} search, selected on the {config.select_on} set)")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -186,12 +220,37 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only this slice of the grid now, e.g. method=gd or task=sst2,mr (repeatable; KEY: task, variant, method, seed, perm); rerun without it for the rest")
     rn.add_argument("--force", action="store_true", help="reuse a run directory written by another config")
     rn.add_argument("--batch-runs", default="auto", choices=("auto", "on", "off"),
-                    help="finetune a task's trained-model runs together under vmap (auto: on an accelerator only)")
+                    help="run each (task, variant)'s finetuning runs, then their zero-shot evaluations, together under "
+                    "vmap (auto: on an accelerator only)")
+    rn.add_argument("--lrs", default="paper", metavar="paper|selected|FILE.json",
+                    help="learning rates: the paper's, RUN_DIR/lr_selection.json from `jaxicl tune`, or a file")
     rn.add_argument("--profile", default=None, metavar="DIR",
                     help="write a JAX profiler trace of the first group run (open with TensorBoard or Perfetto)")
     rn.add_argument("--compile-cache", default=None, metavar="DIR|off",
                     help="XLA's persistent compilation cache (default: $JAXICL_COMPILE_CACHE, else ~/.cache/jaxicl/xla)")
     rn.set_defaults(func=_run)
+
+    tn = sub.add_parser("tune", help="select each task's learning rate (Dai et al.'s grid search), resumable")
+    tn.add_argument("--model", default="gemma3-270m")
+    tn.add_argument("--tasks", default="sst2,sst5,mr,subj,agnews,cb")
+    tn.add_argument("--n-runs", type=int, default=None, help="only the first N (seed, perm) runs of each task")
+    tn.add_argument("--method", choices=("gd", "lcgd"), default="gd", help="the paper used GD's rate for both")
+    tn.add_argument("--grid", default=None, help="comma-separated rates (default: Dai's {1..9} x {1e-1..1e-4})")
+    tn.add_argument("--search", choices=("full", "coarse-to-fine"), default="full",
+                    help="coarse-to-fine: each decade's smallest rate, then every rate of the best decade")
+    tn.add_argument("--select-on", choices=("selection", "eval"), default="selection",
+                    help="selection: a train-split set disjoint from demonstrations and eval; eval: Dai's choice")
+    tn.add_argument("--selection-size", type=int, default=200)
+    tn.add_argument("--k", type=int, default=32)
+    tn.add_argument("--loss-tokens", choices=("all", "label"), default="all")
+    tn.add_argument("--batch-size", type=_batch_rows, default=16, help="query rows per batch, or auto")
+    tn.add_argument("--data-dir", default=None)
+    tn.add_argument("--out", required=True, help="the run directory (lr_selection.json goes there)")
+    tn.add_argument("--force", action="store_true", help="reuse a directory tuned with another config")
+    tn.add_argument("--batch-runs", default="auto", choices=("auto", "on", "off"),
+                    help="finetune every (rate, run) together under vmap and score them together (auto: accelerator)")
+    tn.add_argument("--compile-cache", default=None, metavar="DIR|off")
+    tn.set_defaults(func=_tune)
 
     rp = sub.add_parser("report", help="tables and plots of a run directory")
     rp.add_argument("run_dir")

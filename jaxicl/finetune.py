@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from typing import Literal, Sequence
 
 import flax.struct
@@ -29,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxicl import distributed, sharding, stage_clock
+from jaxicl import batch_size, distributed, sharding, stage_clock
 from jaxicl import transforms as T
 from jaxicl.api import bucket, check_ids
 from jaxicl.data.prompts import PromptSet
@@ -544,10 +545,16 @@ def finetune_many(
             step, why = diverged
             raise TrainingError(f"finetuning diverged in set {s} at step {step} on demonstration {step}: {why}")
     seconds = time.perf_counter() - start
-    return [
-        _result(T.merge_params(jax.tree.map(lambda x: x[s], trainable), frozens[s]), per_set[s], seconds)
-        for s in range(n_sets)
-    ]
+    trained = _unstack(trainable)
+    return [_result(T.merge_params(trained[s], frozens[s]), per_set[s], seconds) for s in range(n_sets)]
+
+
+@jax.jit
+def _unstack(tree) -> tuple:
+    """The sets of a stacked tree ([S, ...] leaves) as S trees: one program, not one eager slice
+    per set and leaf."""
+    n = jax.tree.leaves(tree)[0].shape[0]
+    return tuple(jax.tree.map(lambda x, s=s: x[s], tree) for s in range(n))
 
 
 def _per_set(params) -> bool:
@@ -678,7 +685,9 @@ def finetune_many_cached(
     set, whether it was computed here.
 
     params, lrs: as in `finetune_many` (one tree or one per set; one rate per set, part of each
-    set's key). A diverged set raises (naming the set) before anything of this batch is saved."""
+    set's key). Out of device memory, the runs are retried half as many at a time (warning with
+    the size), down to one; a diverged set raises (naming the set) before anything of this batch
+    is saved."""
     mask = mask or T.kv_mask(config)
     starts = label_starts_sets or [None] * len(sequence_sets)
     rates = lrs if lrs is not None else [options.lr] * len(sequence_sets)
@@ -691,11 +700,27 @@ def finetune_many_cached(
     todo = [i for i, found in enumerate(have) if not found]
     if todo:
         pick = lambda items: None if items is None else [items[i] for i in todo]  # noqa: E731
-        results = finetune_many(
-            params if not _per_set(params) else pick(params), config, pick(sequence_sets), options,
-            mask=mask, max_parallel=max_parallel, label_starts_sets=pick(label_starts_sets),
-            lrs=pick(rates), scan=scan,
-        )  # fmt: skip
+        chunk = min(max_parallel or len(todo), len(todo))
+        while True:
+            try:
+                results = finetune_many(
+                    params if not _per_set(params) else pick(params), config, pick(sequence_sets), options,
+                    mask=mask, max_parallel=chunk, label_starts_sets=pick(label_starts_sets),
+                    lrs=pick(rates), scan=scan,
+                )  # fmt: skip
+                break
+            except jax.errors.JaxRuntimeError as e:
+                if not batch_size.is_out_of_memory(e):
+                    raise
+                smaller = batch_size.halved(chunk)
+                longest = max(len(seq) for i in todo for seq in sequence_sets[i])
+                if smaller is None:
+                    raise TrainingError(
+                        f"out of device memory finetuning one run at a time ({len(todo)} runs of up to "
+                        f"{max(len(sequence_sets[i]) for i in todo)} demonstrations, the longest {longest} tokens)"
+                    ) from e
+                warnings.warn(f"out of device memory finetuning {chunk} runs at once; retrying {smaller} at a time")
+                chunk = smaller
         for i, result in zip(todo, results):
             _save(directories[i], keys[i], result, mask)
     return [not found for found in have]

@@ -1200,6 +1200,79 @@ def _figures_section(cells: Sequence[Cell], tasks: Sequence[str], out: Path, gra
                     "", f"![grad norms]({name})"]
 
 
+def load_lr_selection(run_dir: Path) -> tuple[dict | None, list[Problem]]:
+    """RUN_DIR/lr_selection.json (`jaxicl tune`), or None when the run has none."""
+    path = run_dir / "lr_selection.json"
+    if not path.exists():
+        return None, []
+    try:
+        data = json.loads(path.read_text())
+        for name, entry in data["tasks"].items():
+            for key in ("rates", "chosen", "zero_shot_accuracy", "selected_on"):
+                _need(entry, key, f"task {name}")
+        return data, []
+    except (OSError, ValueError, KeyError, TypeError, CellError) as e:
+        return None, [Problem("lr_selection.json", f"unreadable, left out: {e}")]
+
+
+def lr_selection_rows(selection: Mapping[str, Any]) -> list[list]:
+    """Tidy rows: task, rate, run index (or "mean"), selection accuracy, final demonstration loss."""
+    rows = []
+    for task, entry in selection["tasks"].items():
+        for rate, v in entry["rates"].items():
+            for i, (acc, loss) in enumerate(zip(v["accuracy"], v["final_loss"])):
+                rows.append([task, float(rate), i, acc, loss])
+            rows.append([task, float(rate), "mean", v["mean_accuracy"], v["mean_final_loss"]])
+    return rows
+
+
+def plot_lr_selection(selection: Mapping[str, Any], path: Path) -> Path:
+    """Selection accuracy against the learning rate, per task; the paper's and the chosen rate marked."""
+    tasks = list(selection["tasks"])
+    fig = Figure(figsize=(3.2 * len(tasks), 3.0))
+    axes = fig.subplots(1, len(tasks), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        entry = selection["tasks"][task]
+        rates = sorted(entry["rates"], key=float)
+        ax.plot([float(r) for r in rates], [entry["rates"][r]["mean_accuracy"] for r in rates], "o-", ms=3,
+                label="finetuned (mean over runs)")  # fmt: skip
+        ax.axhline(entry["zero_shot_accuracy"], color="gray", ls=":", label="zero-shot")
+        if entry.get("paper_lr"):
+            ax.axvline(entry["paper_lr"], color="tab:red", ls="--", label="paper's rate")
+        ax.plot([entry["chosen"]["lr"]], [entry["chosen"]["accuracy"]], "*", color="tab:green", ms=12, label="chosen")
+        ax.set_xscale("log")
+        ax.set_title(task_label(task))
+        ax.set_xlabel("learning rate")
+    axes[0][0].set_ylabel("selection accuracy")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _lr_selection_section(selection: Mapping[str, Any] | None, out: Path, plots: bool) -> list[str]:
+    lines = ["## Learning-rate selection (`jaxicl tune`)", ""]
+    if selection is None:
+        return lines + ["None in this run directory (the rates are the paper's unless the cells say otherwise)."]
+    rows = []
+    for task, entry in selection["tasks"].items():
+        chosen = entry["chosen"]
+        rows.append([task_label(task), fmt_num(entry.get("paper_lr"), 4), f"{chosen['lr']:g}",
+                     fmt_num(chosen["accuracy"], 3), fmt_num(entry["zero_shot_accuracy"], 3),
+                     "yes" if chosen["finetuning_helps"] else "**no: finetuning does not help here**",
+                     str(len(entry["rates"]))])  # fmt: skip
+    lines += md_table(["task", "paper's rate", "chosen rate", "selection accuracy", "zero-shot", "beats zero-shot",
+                       "rates tried"], rows)  # fmt: skip
+    first = next(iter(selection["tasks"].values()))
+    lines += ["", f"Selected on the {first['selected_on']}; {first['search']} search; method "
+              f"{first['method'].upper()}; engine: {selection.get('engine', '?')}."]
+    if plots:
+        plot_lr_selection(selection, out / "lr_selection.png")
+        lines += ["", "![learning-rate selection](lr_selection.png)"]
+    write_csv(out / "lr_selection.csv", ["task", "lr", "run", "selection_accuracy", "final_loss"],
+              lr_selection_rows(selection))
+    return lines + ["", "- [lr_selection.csv](lr_selection.csv)"]
+
+
 def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str], t2: dict, t1: dict,
                 times: list[list], out: Path) -> list[str]:
     """Tidy CSVs (one number per row, full precision) of everything the tables and plots show."""
@@ -1255,6 +1328,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     lines += render_random(cells, tasks, variants) + [""] + _time_section(totals, timing) + [""]
     lines += (_figures_section(cells, tasks, out, grad_norm_task) if plots
               else ["## Figures", "", "Not drawn (plots=False)."]) + [""]
+    selection, selection_problems = load_lr_selection(run_dir)
+    if selection_problems:
+        lines += [f"- `{p.path}`: {p.reason}" for p in selection_problems] + [""]
+    lines += _lr_selection_section(selection, out, plots) + [""]
     lines += ["## Files", ""] + [f"- [{name}]({name})" for name in csv_files]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")

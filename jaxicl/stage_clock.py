@@ -17,7 +17,7 @@ from typing import Iterator
 from jaxicl.compile_stats import BACKEND_COMPILE_EVENT
 
 _lock = threading.Lock()
-_totals = {"waiting": 0.0, "compile": 0.0}
+_totals = {"waiting": 0.0, "compile": 0.0, "programs": 0}
 _listening = False
 
 
@@ -25,6 +25,7 @@ def _on_duration(event: str, duration: float, **_) -> None:
     if event == BACKEND_COMPILE_EVENT:
         with _lock:
             _totals["compile"] += duration
+            _totals["programs"] += 1
 
 
 def _listen() -> None:
@@ -49,14 +50,15 @@ def waiting() -> Iterator[None]:
 
 
 def totals() -> dict[str, float]:
-    """Process-wide seconds spent waiting on the device and compiling, so far."""
+    """Process-wide seconds spent waiting on the device and compiling, and programs compiled, so far."""
     _listen()
     with _lock:
         return dict(_totals)
 
 
 class StageClock:
-    """Seconds per named stage: `seconds` (wall) and `split` ({wall, device, compile, host}).
+    """Seconds per named stage: `seconds` (wall) and `split` ({wall, device, compile, host, programs}:
+    programs is the number of XLA programs the stage compiled, eager ops included).
 
         clock = StageClock()
         with clock("icl"):
@@ -77,13 +79,15 @@ class StageClock:
             after = totals()
             waited = after["waiting"] - before["waiting"]
             compiled = min(after["compile"] - before["compile"], waited)  # compiles outside a wait: host
-            self.add(stage, {"wall": wall, "device": waited - compiled, "compile": compiled, "host": wall - waited})
+            programs = after["programs"] - before["programs"]
+            self.add(stage, {"wall": wall, "device": waited - compiled, "compile": compiled, "host": wall - waited,
+                             "programs": programs})
 
     def add(self, stage: str, split: dict[str, float]) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + split["wall"]
-        mine = self.split.setdefault(stage, dict.fromkeys(split, 0.0))
+        mine = self.split.setdefault(stage, {})
         for key, value in split.items():
-            mine[key] += value
+            mine[key] = mine.get(key, 0) + value
 
     def merge(self, other: "StageClock") -> None:
         for stage, split in other.split.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -238,10 +239,20 @@ def test_cli_run_interrupted_prints_one_line_resumes_and_profiles(tiny_lm, task_
 def test_batched_runs_write_the_cells_of_the_one_by_one_run(tiny_lm, task_spec, tmp_path):
     config = _config(task_spec, variants=("trained", "trained-embeddings"))
     assert run(config, tmp_path / "one", lm=tiny_lm, quiet=True, batch_runs="off")["done"] == 8
+    # interrupted in the first batched evaluation: the trained variant's 4 runs are finetuned and
+    # saved, no cell is written; the rerun reuses those runs and completes the grid
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(experiment.RunInterrupted):
+        patch.setattr(jaxicl.icl, "evaluate_many", interrupted)
+        run(config, tmp_path / "batched", lm=tiny_lm, quiet=True, batch_runs="on")
+    assert not _cell_files(tmp_path / "batched")
     assert run(config, tmp_path / "batched", lm=tiny_lm, quiet=True, batch_runs="on")["done"] == 8
     timing = json.loads((tmp_path / "batched" / "timing.json").read_text())["batched"]
-    # per variant: 2 runs x GD and LCGD finetuned under vmap, then their 4 ftzs evaluations at once
-    assert timing["runs"] == 8 and timing["evaluations"] == 8 and timing["seconds"] > 0, timing
+    # trained-embeddings: 2 runs x GD and LCGD finetuned under vmap (the trained runs were saved
+    # before the interrupt); per variant, the 4 ftzs evaluations at once
+    assert timing["runs"] == 4 and timing["evaluations"] == 8 and timing["seconds"] > 0, timing
     assert json.loads((tmp_path / "one" / "timing.json").read_text())["batched"]["runs"] == 0
     stages = json.loads((tmp_path / "batched" / "timing.json").read_text())["stages"]
     assert {"together", "zero_shot", "icl", "ftzs_gd", "metrics_gd"} <= set(stages), stages
@@ -256,3 +267,17 @@ def test_batched_runs_write_the_cells_of_the_one_by_one_run(tiny_lm, task_spec, 
         _assert_close(batched, one, str(rel))  # every metric within 1e-5 (relative above 1)
     with pytest.raises(JaxiclError, match="--batch-runs must be one of auto, on, off; got 'yes'"):
         run(config, tmp_path / "bad", lm=tiny_lm, quiet=True, batch_runs="yes")
+
+
+def test_reproduce_paper_batch_size_defaults_to_16_on_cpu_and_takes_auto():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "reproduce_paper.py"
+    spec = importlib.util.spec_from_file_location("reproduce_paper", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.run_config(module.parse_args([])).batch_size == 16  # this machine is a CPU
+    assert module.run_config(module.parse_args(["--batch-size", "auto"])).batch_size == "auto"
+    assert module.run_config(module.parse_args(["--batch-size", "64"])).batch_size == 64
+    with pytest.raises(JaxiclError, match="--batch-size must be a positive integer or 'auto', got '0'"):
+        module.run_config(module.parse_args(["--batch-size", "0"]))

@@ -193,6 +193,36 @@ def test_batched_axes_refuse_what_does_not_line_up():
         F.finetune_many([params, other], config, sets, options)
 
 
+def test_batched_runs_out_of_memory_retry_fewer_at_once_then_name_the_shapes(tmp_path, monkeypatch):
+    """Device OOM while finetuning runs together: halve how many step at once, warn, and finish;
+    at one run at a time, an error naming the runs and their shapes, and nothing saved."""
+    config, params = LLAMA, random_params(LLAMA)
+    sets = [SEQS[:2], SEQS[2:4], SEQS[1:3]]
+    options = F.FinetuneOptions(lr=0.1)
+    real, seen = F.train_run_many, []
+
+    def limited(trainable, *args, limit, **kwargs):
+        seen.append(jax.tree.leaves(trainable)[0].shape[0])
+        if seen[-1] > limit:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.00GiB")
+        return real(trainable, *args, **kwargs)
+
+    dirs = [tmp_path / f"run{i}" for i in range(3)]
+    monkeypatch.setattr(F, "train_run_many", lambda *a, **k: limited(*a, limit=1, **k))
+    with pytest.warns(UserWarning, match="finetuning 3 runs at once; retrying 1 at a time"):
+        computed = F.finetune_many_cached(dirs, params, config, sets, options, bases=["b"] * 3, scan=True)
+    assert computed == [True] * 3 and seen[0] == 3 and set(seen[1:]) == {1}
+    for d, seqs in zip(dirs, sets):
+        restored, resumed = F.finetune_cached(d, params, config, seqs, options, base="b")
+        assert resumed
+        np.testing.assert_allclose(restored.losses, F.finetune(params, config, seqs, options).losses, rtol=1e-5)
+    monkeypatch.setattr(F, "train_run_many", lambda *a, **k: limited(*a, limit=0, **k))
+    with pytest.warns(UserWarning), pytest.raises(TrainingError, match=r"one run at a time \(3 runs of up to 2 demonstrations, the longest 41 tokens\)"):
+        F.finetune_many_cached([tmp_path / f"x{i}" for i in range(3)], params, config, sets, options,
+                               bases=["b"] * 3, scan=True)  # fmt: skip
+    assert not any((tmp_path / f"x{i}").exists() for i in range(3))
+
+
 class _CountingNumpy:
     """numpy for jaxicl.finetune, recording each np.asarray / np.array of a jax.Array (a host read)."""
 

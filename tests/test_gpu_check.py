@@ -68,13 +68,18 @@ def test_tiny_rows_are_complete_and_positive(tiny_run):
                     "gd_first_call_s", "lcgd_first_call_s", "gd_tflops", "lcgd_tflops", "icl_flops",
                     "gd_flops_per_step", "lcgd_flops_per_step", "params_m"):  # fmt: skip
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r["model"], r["dtype"], key)
+        for key in ("icl_big_queries_per_s", "icl_big_tflops", "gd_many_steps_per_s", "lcgd_many_steps_per_s",
+                    "gd_one_steps_per_s", "gd_many_speedup", "lcgd_many_speedup"):  # fmt: skip
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r["model"], r["dtype"], key)
+        assert r["icl_big_batch_size"] == 8 and r["icl_batch_size"] == 4 and r["gd_many_runs"] == 3
+        assert r["gd_flops_xla"] is not None  # XLA's count of one step was taken (then judged against the analytic)
         assert math.isfinite(r["gd_loss"]) and math.isfinite(r["lcgd_loss"])
         assert r["lcgd_flops_per_step"] > r["gd_flops_per_step"]  # a readout per layer
         assert r["peak_tflops"] is None and r["icl_pct_peak"] is None  # CPU: no peak entry
     assert payload["tiny"] is True and payload["complete"] is True and payload["device"]["platform"] == "cpu"
     assert payload["configs"]["gemma3-270m"]["d_model"] == 64  # the tiny configs ran
     table = [line for line in stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + len(rows) and "ICL queries/s" in table[0]
+    assert len(table) == 1 + len(rows) and "ICL queries/s" in table[0] and "N runs at once" in table[0]
 
 
 @pytest.mark.slow  # the --tiny run: a subprocess compiling 2 models x 2 dtypes

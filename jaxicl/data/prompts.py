@@ -284,6 +284,16 @@ def _eval_queries(
     return eval_idx, tuple(queries[: len(eval_idx)]), reserve
 
 
+def encode_queries(
+    task: Task, tokenizer: TokenizerLike, rows: Sequence[Mapping[str, Any]], indices: Sequence[int]
+) -> tuple[Ids, ...]:
+    """The query ids (input text in the task's template, no label) of the given rows: the eval
+    queries' format, for any rows (e.g. a learning-rate selection set drawn from the train split)."""
+    for i in indices:
+        check_row(task, rows[i], f"row {i}")
+    return tuple(_encode_input(task, tokenizer, rows[i]) for i in indices)
+
+
 def _demo_inputs(
     task: Task, tokenizer: TokenizerLike, demo_rows: Sequence[Mapping[str, Any]], selected: Sequence[int]
 ) -> tuple[list[int], list[Ids]]:

@@ -1,0 +1,404 @@
+"""Learning-rate selection by the paper's own protocol (paper-spec §3.2), for any model.
+
+Dai et al. chose each task's rate for one 1.3B model by grid search over {1..9} × {1e-1..1e-4},
+selecting by the finetuned model's zero-shot accuracy. `tune` runs that search for the model at
+hand: for each rate, finetune (GD by default) on each run's demonstrations, score the finetuned
+model zero-shot on a *selection set*, and pick the rate with the best mean accuracy over the runs
+(ties: the smaller rate).
+
+The selection set is drawn from the train split with a fixed seed and is disjoint from every
+demonstration set of the grid and from the eval set (checked on dataset indices), so selecting a
+rate does not look at the numbers it will be judged on. `select_on="eval"` reproduces Dai's own
+choice (the eval set) and the output says so.
+
+Search: "full" (every rate of the grid) or "coarse-to-fine" (the smallest rate of each decade
+first, then every rate of the best decade), which on Dai's grid is 4 + 8 = 12 rates, not 36.
+
+Resumable: each (task, rate) result is its own file, written atomically, under
+RUN_DIR/tune/<task>/<method>/; a rerun skips them. RUN_DIR/lr_selection.json holds the choice
+(deterministic: no wall times); RUN_DIR/tune/timing.json the seconds per rate and per invocation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from jaxicl.errors import DataError, JaxiclError
+
+DAI_GRID = tuple(float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in range(1, 10))
+SELECTION_SEED = 20231113  # the train-split shuffle of the selection set (the paper's arXiv date)
+SELECTION_FILE = "lr_selection.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """Everything that determines a tune's numbers; a tune directory refuses a different one."""
+
+    model: str = "gemma3-270m"
+    tasks: tuple[str, ...] = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
+    n_runs: int | None = None  # the first n of each task's paper runs (None: all three)
+    method: str = "gd"
+    grid: tuple[float, ...] = DAI_GRID
+    search: Literal["full", "coarse-to-fine"] = "full"
+    select_on: Literal["selection", "eval"] = "selection"
+    selection_size: int = 200
+    k: int = 32
+    max_len: int | None = None
+    separator: str = "\n"
+    loss_tokens: str = "all"
+    batch_size: int | str = 16
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        check_grid(self.grid)
+        object.__setattr__(self, "grid", tuple(sorted(float(r) for r in self.grid)))
+        if self.search not in ("full", "coarse-to-fine"):
+            raise JaxiclError(f"search must be 'full' or 'coarse-to-fine', got {self.search!r}")
+        if self.select_on not in ("selection", "eval"):
+            raise JaxiclError(f"select_on must be 'selection' or 'eval', got {self.select_on!r}")
+        if self.method not in ("gd", "lcgd"):
+            raise JaxiclError(f"method must be 'gd' or 'lcgd', got {self.method!r}")
+        if self.selection_size < 1:
+            raise JaxiclError(f"selection_size must be >= 1, got {self.selection_size}")
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def check_rate(rate, where: str) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        raise JaxiclError(f"learning rate {rate!r} {where} is not a positive finite number")
+
+
+def check_grid(grid: Sequence[float]) -> None:
+    """Refuse a learning-rate grid with a non-positive or non-finite rate, or none at all."""
+    if not len(grid):
+        raise JaxiclError("the learning-rate grid is empty")
+    for rate in grid:
+        check_rate(rate, "in the grid")
+    if len(set(grid)) != len(grid):
+        raise JaxiclError("the learning-rate grid repeats a rate")
+
+
+# --- the selection rule ---------------------------------------------------------------------------
+
+
+def choose(mean_accuracy: dict[float, float], zero_shot: float) -> dict[str, Any]:
+    """Dai's rule: the rate with the best mean selection accuracy, ties broken toward the smaller
+    rate. Says plainly when even that rate does not beat the zero-shot accuracy."""
+    if not mean_accuracy:
+        raise JaxiclError("no learning rate was evaluated")
+    best = max(mean_accuracy.values())
+    rate = min(r for r, acc in mean_accuracy.items() if acc == best)
+    tied = sorted(r for r, acc in mean_accuracy.items() if acc == best)
+    helps = best > zero_shot
+    reason = f"best mean selection accuracy {best:.4f}"
+    if len(tied) > 1:
+        reason += f", tied with {', '.join(f'{r:g}' for r in tied if r != rate)} (the smaller rate wins)"
+    if not helps:
+        reason += f"; finetuning does not help here: zero-shot accuracy on the same set is {zero_shot:.4f}"
+    return {"lr": rate, "accuracy": best, "zero_shot": zero_shot, "finetuning_helps": helps, "reason": reason}
+
+
+def decade(rate: float) -> int:
+    return math.floor(math.log10(rate) + 1e-9)
+
+
+def coarse_rates(grid: Sequence[float]) -> list[float]:
+    """The smallest rate of each decade present in the grid (Dai's grid: 1e-1, 1e-2, 1e-3, 1e-4)."""
+    firsts: dict[int, float] = {}
+    for rate in sorted(grid):
+        firsts.setdefault(decade(rate), rate)
+    return sorted(firsts.values())
+
+
+def fine_rates(grid: Sequence[float], best: float) -> list[float]:
+    """Every rate of the grid in `best`'s decade."""
+    return sorted(r for r in grid if decade(r) == decade(best))
+
+
+# --- the selection set ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionSet:
+    split: str
+    indices: tuple[int, ...]
+    query_ids: tuple[tuple[int, ...], ...]
+    gold: tuple[int, ...]
+    labelled_as: str  # "selection set (train split, disjoint ...)" or "eval set (Dai's choice)"
+
+
+def selection_indices(n_rows: int, excluded: set[int], size: int, seed: int = SELECTION_SEED) -> list[int]:
+    """`size` train-split indices in a seeded shuffle, skipping `excluded` (the demonstrations, and
+    the eval set where it shares the split); an error giving the counts when too few are left."""
+    from jaxicl.data.tasks import hf_shuffle_indices
+
+    left = [int(i) for i in hf_shuffle_indices(n_rows, seed) if int(i) not in excluded]
+    if len(left) < size:
+        raise DataError(
+            f"the selection set needs {size} examples disjoint from the demonstrations and the eval set, "
+            f"but the train split has {n_rows} rows of which {len(excluded)} are excluded, leaving {len(left)}; "
+            "pass a smaller selection size"
+        )
+    return left[:size]
+
+
+def build_selection(task, tokenizer, prompt_sets: Sequence, config: TuneConfig) -> SelectionSet:
+    """The task's selection set: disjoint, on dataset indices, from every demonstration set of the
+    grid (`prompt_sets`: every run's PromptSet, whose `selected_indices` are all k drawn) and from
+    the eval set. CB (250 train rows) gets as many as its split allows when the default is too big."""
+    from jaxicl.data.prompts import encode_queries
+    from jaxicl.data.tasks import load_split, select_eval
+
+    first = prompt_sets[0]
+    if config.select_on == "eval":
+        return SelectionSet(task.eval_split, first.eval_indices, tuple(map(tuple, first.query_ids)),
+                            tuple(first.gold_labels), "eval set (Dai et al.'s choice: not disjoint from it)")  # fmt: skip
+    rows = load_split(task, task.demo_split, config.data_dir)
+    excluded = {i for p in prompt_sets for i in p.selected_indices}
+    if task.eval_split == task.demo_split:
+        eval_rows = len(rows)
+        excluded |= set(select_eval(eval_rows, None, task.eval_seed, task.eval_pool))
+    size = config.selection_size
+    if size == TuneConfig.selection_size and len(rows) - len(excluded) < size:
+        size = len(rows) - len(excluded)  # e.g. CB: as many as the split allows
+    indices = selection_indices(len(rows), excluded, size)
+    assert not set(indices) & excluded  # disjoint on dataset indices, whatever the code above does
+    for p in prompt_sets:
+        assert not set(indices) & set(p.selected_indices)
+        if task.eval_split == task.demo_split:
+            assert not set(indices) & set(p.eval_indices)
+    queries = encode_queries(task, tokenizer, rows, indices)
+    gold = tuple(int(rows[i][task.label_field]) for i in indices)
+    where = f"selection set ({task.demo_split} split, disjoint from every demonstration set and the eval set)"
+    return SelectionSet(task.demo_split, tuple(indices), queries, gold, where)
+
+
+# --- one task ---------------------------------------------------------------------------------------
+
+
+def _rate_path(run_dir: Path, task: str, method: str, rate: float) -> Path:
+    return run_dir / "tune" / task / method / f"lr-{rate:.6g}.json"
+
+
+def _write_json(path: Path, obj) -> None:
+    from jaxicl.io.results import write_json_atomic
+
+    write_json_atomic(path, obj)
+
+
+def evaluate_rates(lm, config: TuneConfig, run_dir: Path, task, prompt_sets, selection: SelectionSet,
+                   rates: Sequence[float], together: bool) -> dict[float, dict]:
+    """Each rate's result (from its file, or computed and saved): per-run selection accuracy, the
+    final demonstration loss, and their means. together: all (rate, run) pairs finetune in one
+    `finetune_many` and score in one `evaluate_many` (the batched engine); else one by one."""
+    from jaxicl.experiment import _finetune_options
+
+    out, todo = {}, []
+    for rate in rates:
+        path = _rate_path(run_dir, task.name, config.method, rate)
+        if path.exists():
+            out[rate] = json.loads(path.read_text())
+        else:
+            todo.append(rate)
+    if not todo:
+        return out
+    base = dataclasses.replace(_finetune_options(_run_config(config, task), task, config.method), lr=todo[0])
+    if together:  # every (rate, run) pair at once: an interrupt loses this batch
+        batches = [todo]
+    else:  # rate by rate: an interrupt loses at most the rate in progress
+        batches = [[rate] for rate in todo]
+    for rates_now in batches:
+        out |= _evaluate_batch(lm, config, run_dir, task, prompt_sets, selection, rates_now, base, together)
+    return out
+
+
+def _evaluate_batch(lm, config, run_dir, task, prompt_sets, selection, rates, base, together) -> dict[float, dict]:
+    from jaxicl import finetune as F
+    from jaxicl.icl import EvalOptions, evaluate, evaluate_many
+
+    options = EvalOptions(batch_size=config.batch_size, records=())
+    prefix, cands = prompt_sets[0].zs_prefix_ids, prompt_sets[0].candidate_ids
+    pairs = [(rate, p) for rate in rates for p in prompt_sets]
+    start = time.perf_counter()
+    if together:
+        results = F.finetune_many(
+            lm.params, lm.config, [p.ft_sequences for _, p in pairs], base,
+            label_starts_sets=[p.ft_label_starts for _, p in pairs], lrs=[r for r, _ in pairs],
+            scan=_accelerator(),
+        )  # fmt: skip
+        scored = evaluate_many([r.params for r in results], lm.config, prefix, selection.query_ids, cands, options)
+    else:
+        results, scored = [], []
+        for rate, p in pairs:
+            result = F.finetune(lm.params, lm.config, p.ft_sequences, dataclasses.replace(base, lr=rate),
+                                label_starts=p.ft_label_starts)  # fmt: skip
+            results.append(result)
+            scored.append(evaluate(result.params, lm.config, prefix, selection.query_ids, cands, options))
+    _add_seconds(run_dir, task.name, rates, time.perf_counter() - start)
+    out = {}
+    for rate in rates:
+        mine = [i for i, (r, _) in enumerate(pairs) if r == rate]
+        accuracy = [scored[i].accuracy(selection.gold) for i in mine]
+        final_loss = [float(results[i].losses[-1]) for i in mine]
+        record = {
+            "task": task.name, "method": config.method, "lr": rate,
+            "runs": [[pairs[i][1].seed, pairs[i][1].perm] for i in mine],
+            "accuracy": accuracy, "mean_accuracy": float(np.mean(accuracy)),
+            "final_loss": final_loss, "mean_final_loss": float(np.mean(final_loss)),
+        }  # fmt: skip
+        _write_json(_rate_path(run_dir, task.name, config.method, rate), record)
+        out[rate] = record
+    return out
+
+
+def _add_seconds(run_dir: Path, task: str, rates: Sequence[float], seconds: float) -> None:
+    """Wall times go to RUN_DIR/tune/timing.json, not into the (deterministic) selection files."""
+    path = run_dir / "tune" / "timing.json"
+    timing = json.loads(path.read_text()) if path.exists() else {}
+    timing.setdefault(task, {}).update({f"{r:g}": seconds / len(rates) for r in rates})
+    _write_json(path, timing)
+
+
+def _accelerator() -> bool:
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
+def _run_config(config: TuneConfig, task):
+    """The runner's settings for this task's prompts and finetuning options (its rate is replaced)."""
+    from jaxicl.experiment import RunConfig
+
+    return RunConfig(model=config.model, tasks=config.tasks, k=config.k, max_len=config.max_len,
+                     separator=config.separator, loss_tokens=config.loss_tokens, data_dir=config.data_dir,
+                     lrs=((task.name, config.grid[0]),), lrs_source="the tune's grid")  # fmt: skip
+
+
+def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> dict:
+    """The selection of one task: rates evaluated (all, or coarse then fine), zero-shot accuracy on
+    the selection set, the chosen rate and why."""
+    from jaxicl.experiment import _prompts
+    from jaxicl.icl import EvalOptions, evaluate
+
+    run_config = _run_config(config, task)
+    runs = task.runs[: config.n_runs]
+    prompt_sets = [_prompts(lm, run_config, task, seed, perm) for seed, perm in runs]
+    selection = build_selection(task, lm.tokenizer, prompt_sets, config)
+    zs_path = run_dir / "tune" / task.name / "zero_shot.json"
+    if zs_path.exists() and json.loads(zs_path.read_text())["indices"] == list(selection.indices):
+        zero_shot = json.loads(zs_path.read_text())["accuracy"]
+    else:
+        p = prompt_sets[0]
+        zs = evaluate(lm.params, lm.config, p.zs_prefix_ids, selection.query_ids, p.candidate_ids,
+                      EvalOptions(batch_size=config.batch_size, records=()))  # fmt: skip
+        zero_shot = zs.accuracy(selection.gold)
+        _write_json(zs_path, {"indices": list(selection.indices), "accuracy": zero_shot})
+    if config.search == "full":
+        rates = list(config.grid)
+        results = evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, rates, together)
+    else:
+        coarse = coarse_rates(config.grid)
+        results = evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, coarse, together)
+        best = choose({r: results[r]["mean_accuracy"] for r in coarse}, zero_shot)["lr"]
+        fine = [r for r in fine_rates(config.grid, best) if r not in results]
+        results |= evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, fine, together)
+    chosen = choose({r: v["mean_accuracy"] for r, v in results.items()}, zero_shot)
+    return {
+        "task": task.name,
+        "method": config.method,
+        "paper_lr": task.lr,
+        "search": config.search,
+        "selected_on": selection.labelled_as,
+        "selection_split": selection.split,
+        "selection_indices": list(selection.indices),
+        "runs": [list(r) for r in runs],
+        "zero_shot_accuracy": zero_shot,
+        "rates": {f"{r:g}": results[r] for r in sorted(results)},
+        "chosen": chosen,
+    }
+
+
+def open_tune_dir(run_dir: Path, config: TuneConfig, force: bool = False) -> None:
+    """Create the tune directory, or check that an existing one was made by the same config."""
+    from jaxicl.io.results import write_json_atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "tune" / "tune.json"
+    ours = config.to_json()
+    if path.exists() and not force:
+        theirs = json.loads(path.read_text())
+        differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differing:
+            raise JaxiclError(f"{run_dir} holds a tune of a different config (differs in {', '.join(differing)}); "
+                              "use another directory or --force")  # fmt: skip
+    write_json_atomic(path, ours)
+
+
+def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs: str = "auto",
+         force: bool = False) -> dict:
+    """Select a learning rate per task; writes RUN_DIR/lr_selection.json and returns its content."""
+    import jaxicl
+    from jaxicl.data.tasks import get_task
+    from jaxicl.experiment import batch_runs_enabled
+    from jaxicl.io.results import write_json_atomic
+
+    run_dir = Path(run_dir)
+    tasks = [get_task(name) for name in config.tasks]
+    together = batch_runs_enabled(batch_runs)
+    open_tune_dir(run_dir, config, force)
+    start = time.perf_counter()
+    lm = lm or jaxicl.load(config.model)
+    selection = {"config": config.to_json(), "engine": "batched" if together else "one by one", "tasks": {}}
+    for task in tasks:
+        selection["tasks"][task.name] = tune_task(lm, config, run_dir, task, together)
+    write_json_atomic(run_dir / SELECTION_FILE, selection)
+    seconds = time.perf_counter() - start
+    timing_path = run_dir / "tune" / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    _write_json(timing_path, timing | {"last_invocation_s": seconds})
+    return selection | {"seconds": seconds}
+
+
+# --- using the selection -------------------------------------------------------------------------
+
+
+def rates_for(source: str, tasks: Sequence[str], run_dir: str | os.PathLike | None = None) -> dict[str, float] | None:
+    """`--lrs`: None for "paper" (each task's own rate), else {task: rate} from "selected"
+    (RUN_DIR/lr_selection.json) or a JSON file (a tune's output, or a plain {task: rate} map).
+    A file that lacks a task of the grid is an error naming the task."""
+    if source == "paper":
+        return None
+    if source == "selected":
+        if run_dir is None:
+            raise JaxiclError("--lrs selected needs the run directory that holds lr_selection.json")
+        path = Path(run_dir) / SELECTION_FILE
+        if not path.exists():
+            raise JaxiclError(f"--lrs selected: {path} does not exist; run `jaxicl tune --out {run_dir}` first")
+    else:
+        path = Path(source)
+        if not path.suffix == ".json" or not path.exists():
+            raise JaxiclError(f"--lrs must be 'paper', 'selected' or an existing .json file; got {source!r}")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise JaxiclError(f"--lrs {path}: not valid JSON ({e})") from e
+    if isinstance(data, dict) and "tasks" in data:
+        data = {name: entry["chosen"]["lr"] for name, entry in data["tasks"].items()}
+    if not isinstance(data, dict):
+        raise JaxiclError(f"--lrs {path}: expected a tune's lr_selection.json or a {{task: rate}} object")
+    missing = [t for t in tasks if t not in data]
+    if missing:
+        raise JaxiclError(f"--lrs {path} has no learning rate for task {', '.join(missing)}")
+    for t in tasks:
+        check_rate(data[t], f"for task {t} in {path}")
+    return {t: float(data[t]) for t in tasks}
