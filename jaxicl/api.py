@@ -30,8 +30,15 @@ def load(name_or_path: str | os.PathLike = registry.DEFAULT_MODEL, dtype=jnp.flo
         config, params, tokenizer = load_hf_dir(path)
     else:
         raise CheckpointError(f"{path}: not a .gguf file nor a directory with config.json")
-    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    params = jax.tree.map(lambda x: _on_device(x, dtype), params)
     return LM(config=config, params=params, tokenizer=tokenizer, source=str(name_or_path))
+
+
+def _on_device(x, dtype) -> jax.Array:
+    """A loaded tensor on the default device in `dtype` (`jax.device_put` copies; `jnp.asarray`
+    would compile a small program per shape)."""
+    x = jax.device_put(x)
+    return x if x.dtype == jnp.dtype(dtype) else x.astype(dtype)
 
 
 def check_ids(config: ModelConfig, ids, what: str = "input") -> np.ndarray:
@@ -79,5 +86,5 @@ def logits(lm: LM, ids, add_bos: bool | None = None) -> np.ndarray:
     ids_pad = np.zeros((1, padded), np.int32)
     ids_pad[0, :n] = arr
     valid = np.arange(padded)[None] < n
-    out = _all_logits(lm.params, cfg, jnp.asarray(ids_pad), jnp.asarray(valid))
+    out = _all_logits(lm.params, cfg, *jax.device_put((ids_pad, valid)))
     return np.asarray(out[0, int(add_bos) : n], np.float32)

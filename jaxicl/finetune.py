@@ -329,7 +329,7 @@ def _compute_copy(frozen: dict, options: FinetuneOptions) -> dict:
 
 def _batch(arrays: Sequence[tuple[np.ndarray, ...]]) -> DemoBatch:
     """Stack per-demonstration arrays along a new leading axis ([B, T])."""
-    return DemoBatch(*(jnp.asarray(np.stack(a)) for a in zip(*arrays)))
+    return DemoBatch(*(jax.device_put(np.stack(a)) for a in zip(*arrays)))
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -359,10 +359,24 @@ def _fetch_stats(steps: Sequence[StepStats] | StepStats) -> dict[str, np.ndarray
 
     The steps before it were dispatched without waiting on each other (no per-step host sync);
     this is the run's only device-to-host copy of stats, and its only explicitly allowed one."""
-    stacked = steps if isinstance(steps, StepStats) else jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
+    stacked = steps if isinstance(steps, StepStats) else stack_trees(list(steps))
+    fields = {f.name: getattr(stacked, f.name) for f in dataclasses.fields(stacked)}  # asdict would deep-copy
     with jax.transfer_guard_device_to_host("allow"):
-        fetched = jax.device_get(dataclasses.asdict(stacked))
+        fetched = jax.device_get(fields)
     return {k: np.asarray(v, np.float32) for k, v in fetched.items()}
+
+
+@jax.jit
+def stack_trees(trees: list):
+    """Trees of one structure stacked leaf by leaf along a new leading axis (steps, sets, models):
+    one program, not one eager op per leaf."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _broadcast_sets(tree, n: int):
+    """`n` stacked copies of every leaf ([n, ...]): one program, not one eager op per leaf."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
 
 
 def _first_divergence(stats: dict[str, np.ndarray]) -> tuple[int, str] | None:
@@ -401,7 +415,7 @@ def finetune(
     trainable, frozen = T.split_params(params, mask.paths)
     frozen_c = _compute_copy(frozen, options)
     opt_state = optimizer(spec, options.lr).init(trainable)
-    lr = jnp.float32(options.lr)
+    lr = np.float32(options.lr)  # a host scalar: jnp.float32 would compile a conversion
     steps = []
     start = time.perf_counter()
     with stage_clock.waiting():  # dispatching the steps and waiting for their stats and params
@@ -493,19 +507,17 @@ def finetune_many(
     if starts is None:
         one, frozen = T.split_params(params, mask.paths)
         frozens = [frozen] * n_sets
-        trainable = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(sets),) + x.shape), one)
+        trainable = _broadcast_sets(one, len(sets))
         frozen_c = _compute_copy(frozen, options)
     else:
         parts = [T.split_params(p, mask.paths) for p in starts + starts[:1] * idle]
         _check_same_shapes([p for p, _ in parts], [f for _, f in parts])
         frozens = [f for _, f in parts]
-        trainable = jax.tree.map(lambda *xs: jnp.stack(xs), *(p for p, _ in parts))
-        frozen_c = _compute_copy(jax.tree.map(lambda *xs: jnp.stack(xs), *frozens), options)
+        trainable = stack_trees([p for p, _ in parts])
+        frozen_c = _compute_copy(stack_trees(frozens), options)
         one = parts[0][0]
-    opt_state = jax.tree.map(
-        lambda x: jnp.broadcast_to(x, (len(sets),) + x.shape), optimizer(spec, options.lr).init(one)
-    )
-    lr = jnp.asarray(rates, jnp.float32)
+    opt_state = _broadcast_sets(optimizer(spec, options.lr).init(one), len(sets))
+    lr = jax.device_put(np.asarray(rates, np.float32))
     if mesh is not None:
         frozen_c = sharding.shard_params(frozen_c, mesh, sets_axis=starts is not None)
         trainable, opt_state = sharding.shard_params((trainable, opt_state), mesh, sets_axis=True)
@@ -521,7 +533,7 @@ def finetune_many(
     with stage_clock.waiting():  # dispatching the steps and waiting for their stats and params
         if scan:
             batch = jax.tree.map(lambda *xs: np.stack(xs), *batches)  # [n_steps, S, 1, T]
-            batch, on = jax.tree.map(jnp.asarray, (batch, active))
+            batch, on = jax.device_put((batch, active))
             if mesh is not None:
                 batch, on = sharding.shard_batch((batch, on), mesh, axis=1)
             trainable, opt_state, stacked = train_run_many(trainable, opt_state, frozen_c, batch, lr, on, **statics)
@@ -529,7 +541,7 @@ def finetune_many(
         else:
             steps = []
             for i in range(n_steps):
-                batch, on = jax.tree.map(jnp.asarray, (batches[i], active[i]))
+                batch, on = jax.device_put((batches[i], active[i]))
                 if mesh is not None:
                     batch, on = sharding.shard_batch((batch, on), mesh)
                 trainable, opt_state, step_stats = train_step_many(
@@ -648,7 +660,7 @@ def finetune_cached(
     found = distributed.on_host0(checkpoint.restore, directory, key, expect=expect)
     if found is not None:
         tree, meta = found
-        saved = jax.tree.map(jnp.asarray, tree["params"])
+        saved = jax.device_put(tree["params"])
         records = {k: np.asarray(v) for k, v in tree["records"].items()}
         return FinetuneResult(params=T.merge_params(saved, rest), seconds=meta["seconds"], **records), True
     result = finetune(

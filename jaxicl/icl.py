@@ -118,7 +118,7 @@ def split_shared(params_list: Sequence[dict]) -> tuple[dict, dict]:
     flats = [flatten(p) for p in params_list]
     if any(f.keys() != flats[0].keys() for f in flats):
         raise InputError("the models to evaluate together have different parameter trees")
-    shared, stacked = {}, {}
+    shared, differ = {}, {}
     for path, leaf in flats[0].items():
         leaves = [f[path] for f in flats]
         if all(x is leaf for x in leaves):
@@ -126,8 +126,14 @@ def split_shared(params_list: Sequence[dict]) -> tuple[dict, dict]:
         elif any(np.shape(x) != np.shape(leaf) for x in leaves):
             raise InputError(f"the models to evaluate together differ in the shape of {path}")
         else:
-            stacked[path] = jnp.stack(leaves)
-    return unflatten(shared), unflatten(stacked)
+            differ[path] = leaves
+    return unflatten(shared), unflatten(_stack_leaves(differ))
+
+
+@jax.jit
+def _stack_leaves(groups: dict[str, list]) -> dict:
+    """{path: [leaf per model]} -> {path: [M, ...]}: one program, not one eager stack per path."""
+    return {path: jnp.stack(leaves) for path, leaves in groups.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,12 +188,12 @@ def evaluate(
         params = sharding.shard_params(params, mesh)
     cache = None
     if len(prefix):
-        cache = prefix_cache(params, config, *map(jnp.asarray, _pad_prefix(prefix, 64)))
+        cache = prefix_cache(params, config, *jax.device_put(_pad_prefix(prefix, 64)))
         cache = cache if mesh is None else sharding.replicate(cache, mesh)
 
-    def score(taps, arrays):  # one model: a leading model axis of 1
+    def score(taps, arrays):  # one model: a leading model axis of 1, added on the host
         got = score_rows(params, config, taps, cache, *_to_devices(arrays, mesh))
-        return jax.tree.map(lambda x: x[None], got)
+        return jax.tree.map(lambda x: np.asarray(x)[None], got)
 
     return _score_queries(score, 1, config, prefix, queries, candidates, options, mesh)[0]
 
@@ -209,10 +215,10 @@ def evaluate_many(
     shared, stacked = split_shared(params_list)
     caches = None
     if len(prefix):
-        caches = prefix_cache_many(shared, stacked, config, *map(jnp.asarray, _pad_prefix(prefix, 64)))
+        caches = prefix_cache_many(shared, stacked, config, *jax.device_put(_pad_prefix(prefix, 64)))
 
     def score(taps, arrays):
-        return score_rows_many(shared, stacked, config, taps, caches, *map(jnp.asarray, arrays))
+        return score_rows_many(shared, stacked, config, taps, caches, *jax.device_put(arrays))
 
     return _score_queries(score, len(params_list), config, prefix, queries, candidates, options)
 
@@ -330,8 +336,9 @@ def _check_inputs(
 
 
 def _to_devices(arrays: tuple[np.ndarray, ...], mesh: Mesh | None) -> tuple[jax.Array, ...]:
-    """Host arrays onto the default device, or split over the mesh's "data" axis."""
-    return tuple(map(jnp.asarray, arrays)) if mesh is None else sharding.shard_batch(tuple(arrays), mesh)
+    """Host arrays onto the default device, or split over the mesh's "data" axis (`jax.device_put`:
+    a plain copy, where `jnp.asarray` compiles a small program per shape and dtype)."""
+    return tuple(jax.device_put(arrays)) if mesh is None else sharding.shard_batch(tuple(arrays), mesh)
 
 
 def _batch_arrays(batch: list[_Row], length: int, size: int, p: int) -> tuple[np.ndarray, ...]:
