@@ -191,3 +191,12 @@ def test_cli_run_refuses_an_unknown_lrs_value(tmp_path, capsys):
 
     code = cli.main(["run", "--tasks", "sst2", "--out", str(tmp_path / "r"), "--lrs", "fast", "--compile-cache", "off"])
     assert code == 2 and "--lrs must be 'paper', 'selected' or an existing .json file; got 'fast'" in capsys.readouterr().err
+
+
+def test_cli_tune_refuses_a_bad_grid_before_loading_anything(tmp_path, capsys):
+    from jaxicl import cli
+
+    code = cli.main(["tune", "--tasks", "sst2", "--grid", "0.1,-0.01", "--out", str(tmp_path / "t"),
+                     "--compile-cache", "off"])  # fmt: skip
+    assert code == 2 and "learning rate -0.01 in the grid is not a positive finite number" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
