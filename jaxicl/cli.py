@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace) -> int | None:
     config = RunConfig(
         model=args.model, tasks=tasks, runs=runs, n_runs=args.n_runs, methods=_csv(args.methods),
         variants=_csv(args.variants), k=args.k, n_eval=args.n_eval, max_len=args.max_len,
-        batch_size=args.batch_size, data_dir=args.data_dir,
+        batch_size=args.batch_size, data_dir=args.data_dir, loss_tokens=args.loss_tokens,
         lrs=None if rates is None else tuple(sorted(rates.items())),
         lrs_source=None if rates is None else ("selected" if args.lrs == "selected" else str(args.lrs)),
     )  # fmt: skip
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--batch-runs", default="auto", choices=("auto", "on", "off"),
                     help="run each (task, variant)'s finetuning runs, then their zero-shot evaluations, together under "
                     "vmap (auto: on an accelerator only)")
+    rn.add_argument("--loss-tokens", choices=("all", "label"), default="all",
+                    help="finetuning loss over every token after BOS (the authors') or the label tokens only")
     rn.add_argument("--lrs", default="paper", metavar="paper|selected|FILE.json",
                     help="learning rates: the paper's, RUN_DIR/lr_selection.json from `jaxicl tune`, or a file")
     rn.add_argument("--profile", default=None, metavar="DIR",
