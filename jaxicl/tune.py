@@ -212,7 +212,10 @@ def evaluate_rates(lm, config: TuneConfig, run_dir: Path, task, prompt_sets, sel
             todo.append(rate)
     if not todo:
         return out
-    base = dataclasses.replace(_finetune_options(_run_config(config, task), task, config.method), lr=todo[0])
+    # all_grad_norms off: a selection needs no per-block gradient norms, and skipping the weight
+    # gradients of every block but the stepped keys and values makes each step cheaper
+    base = dataclasses.replace(_finetune_options(_run_config(config, task), task, config.method), lr=todo[0],
+                               all_grad_norms=False)  # fmt: skip
     if together:  # every (rate, run) pair at once: an interrupt loses this batch
         batches = [todo]
     else:  # rate by rate: an interrupt loses at most the rate in progress
