@@ -349,7 +349,8 @@ def open_tune_dir(run_dir: Path, config: TuneConfig, force: bool = False) -> Non
 
 def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs: str = "auto",
          force: bool = False) -> dict:
-    """Select a learning rate per task; writes RUN_DIR/lr_selection.json and returns its content."""
+    """Select a learning rate per task; writes RUN_DIR/lr_selection.json after each task ("complete":
+    false until the last) and returns its content."""
     import jaxicl
     from jaxicl.data.tasks import get_task
     from jaxicl.experiment import batch_runs_enabled
@@ -362,9 +363,9 @@ def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs:
     start = time.perf_counter()
     lm = lm or jaxicl.load(config.model)
     selection = {"config": config.to_json(), "engine": "batched" if together else "one by one", "tasks": {}}
-    for task in tasks:
+    for task in tasks:  # the file is rewritten after each task, so a long tune's first choices are usable
         selection["tasks"][task.name] = tune_task(lm, config, run_dir, task, together)
-    write_json_atomic(run_dir / SELECTION_FILE, selection)
+        write_json_atomic(run_dir / SELECTION_FILE, selection | {"complete": task is tasks[-1]})
     seconds = time.perf_counter() - start
     timing_path = run_dir / "tune" / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}

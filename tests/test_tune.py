@@ -127,7 +127,8 @@ def test_tune_resumes_without_recomputing_and_batched_equals_one_by_one(tiny_lm,
     assert entry["chosen"]["accuracy"] == best
     for v in entry["rates"].values():
         assert len(v["accuracy"]) == 2 and len(v["final_loss"]) == 2 and all(map(math.isfinite, v["final_loss"]))
-    assert json.loads((tmp_path / "one" / T.SELECTION_FILE).read_text())["tasks"]["tiny"]["chosen"] == entry["chosen"]
+    written = json.loads((tmp_path / "one" / T.SELECTION_FILE).read_text())
+    assert written["tasks"]["tiny"]["chosen"] == entry["chosen"] and written["complete"]
 
     batched = T.tune(config, tmp_path / "batched", lm=tiny_lm, batch_runs="on")["tasks"]["tiny"]
     assert batched["chosen"]["lr"] == entry["chosen"]["lr"]
