@@ -566,3 +566,23 @@ def test_make_cell_is_schema_valid():
     cell = make_cell("sst2", "trained", "gd", 2, 0)
     parsed = report.parse_cell(copy.deepcopy(cell), "cells/sst2/trained/gd-seed2-perm0.json")
     assert parsed.value("simaou_norm") == pytest.approx(0.2) and parsed.scalar["rec2ftp"] == 80.0
+
+
+def test_compare_runs_puts_two_run_directories_side_by_side_on_shared_runs(tmp_path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_runs", Path(__file__).parents[1] / "experiments" / "compare_runs.py")
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+    a, b = new_run(tmp_path, "a"), new_run(tmp_path, "b")
+    for seed, perm in RUNS:
+        write_cell(a, make_cell("sst2", "trained", "gd", seed, perm, ft=0.5, simaou=0.1))
+    for seed, perm in RUNS[:2]:  # b has two of the three runs: both sides use those two
+        cell = make_cell("sst2", "trained", "gd", seed, perm, ft=0.7 + 0.1 * seed, simaou=0.3)
+        write_cell(b, cell | {"lr": 0.0001})
+    lines = compare_runs.compare(a, b, ("paper", "selected"), "trained")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [r[:4] for r in rows] == [["sst2", "GD", "paper", "0.001"], ["sst2", "GD", "selected", "0.0001"]]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert rows[0][header.index("acc ft")] == "0.500 ± 0.000" and rows[1][header.index("acc ft")] == "0.950 ± 0.071"
+    assert rows[1][header.index("SimAOU")] == "0.30 ± 0.00"

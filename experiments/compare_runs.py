@@ -1,0 +1,63 @@
+"""Two run directories side by side (e.g. the paper's learning rates against `jaxicl tune`'s):
+per task and method, the finetuning rate, the accuracies and Table 2's metrics, mean ± std over the
+runs both directories have.
+
+    python experiments/compare_runs.py RUN_A RUN_B [--names "paper's rates" "selected rates"] [--variant trained]
+
+Prints markdown; nothing is recomputed (the numbers are the cells' own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo's jaxicl importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jaxicl.report import TABLE_METRICS, METRIC_LABELS, fmt_stat, load_cells, mean_std, order_tasks, select  # noqa: E402
+
+ACCURACIES = ("zs", "icl", "ft")
+
+
+def _rate(run_dir: Path, cell_path: str) -> str:
+    cell = json.loads((run_dir / cell_path).read_text())
+    return f"{cell['lr']:g}"
+
+
+def compare(run_a: Path, run_b: Path, names: tuple[str, str], variant: str) -> list[str]:
+    """Markdown rows: one per (task, method, run directory), on the (seed, perm) runs both have."""
+    cells = {name: select(load_cells(d)[0], variant=variant) for name, d in zip(names, (run_a, run_b))}
+    dirs = dict(zip(names, (run_a, run_b)))
+    header = ["task", "method", "rates", "lr", *(f"acc {a}" for a in ACCURACIES), *(METRIC_LABELS[m] for m in TABLE_METRICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    tasks = order_tasks({c.task for c in cells[names[0]]} & {c.task for c in cells[names[1]]})
+    for task in tasks:
+        for method in ("gd", "lcgd"):
+            runs = [{(c.seed, c.perm) for c in select(cells[n], task=task, method=method)} for n in names]
+            shared = runs[0] & runs[1]
+            for name in names:
+                mine = [c for c in select(cells[name], task=task, method=method) if (c.seed, c.perm) in shared]
+                if not mine:
+                    continue
+                row = [task, method.upper(), name, _rate(dirs[name], mine[0].path)]
+                row += [fmt_stat(mean_std(c.accuracy[a] for c in mine), 3) for a in ACCURACIES]
+                row += [fmt_stat(mean_std(v for c in mine if (v := c.value(m)) is not None)) for m in TABLE_METRICS]
+                lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+    parser.add_argument("--names", nargs=2, default=("A", "B"))
+    parser.add_argument("--variant", default="trained")
+    args = parser.parse_args(argv)
+    print("\n".join(compare(args.run_a, args.run_b, tuple(args.names), args.variant)))
+
+
+if __name__ == "__main__":
+    main()
