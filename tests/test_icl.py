@@ -189,13 +189,17 @@ def test_batch_size_and_padding_do_not_change_numbers(model, batch16, candidates
     config, params = model
     cands = {"single-token": SINGLE, "multi-token": MULTI}[candidates]
     options = EvalOptions(batch_size=batch_size, length_multiple=multiple)
-    run, base = evaluate(params, config, ICL_PREFIX, QUERIES, cands, options), batch16[candidates]
-    _assert_close(run.scores, base.scores, SAME_TOL, "scores")
-    np.testing.assert_array_equal(run.predictions, base.predictions)
-    np.testing.assert_array_equal(run.map_lengths, base.map_lengths)
+    _assert_same_result(evaluate(params, config, ICL_PREFIX, QUERIES, cands, options), batch16[candidates])
+
+
+def _assert_same_result(got, want) -> None:
+    """Equal up to the summation order of XLA's kernels: scores, predictions, map lengths, records."""
+    _assert_close(got.scores, want.scores, SAME_TOL, "scores")
+    np.testing.assert_array_equal(got.predictions, want.predictions)
+    np.testing.assert_array_equal(got.map_lengths, want.map_lengths)
     for tap in RECORD_TAPS:
-        assert run.records[tap].shape == base.records[tap].shape
-        _assert_close(run.records[tap], base.records[tap], SAME_TOL, tap)
+        assert got.records[tap].shape == want.records[tap].shape
+        _assert_close(got.records[tap], want.records[tap], SAME_TOL, tap)
 
 
 @pytest.mark.slow  # 14 s: two vmapped and four single programs per model and case
@@ -214,13 +218,7 @@ def test_several_models_at_once_equal_each_alone(model, prefix, candidates):
     for models in ([params, tuned], [params, other]):
         together = evaluate_many(models, config, prefix, QUERIES, candidates, options)
         for got, p in zip(together, models, strict=True):
-            alone = evaluate(p, config, prefix, QUERIES, candidates, options)
-            _assert_close(got.scores, alone.scores, SAME_TOL, "scores")
-            np.testing.assert_array_equal(got.predictions, alone.predictions)
-            np.testing.assert_array_equal(got.map_lengths, alone.map_lengths)
-            for tap in RECORD_TAPS:
-                assert got.records[tap].shape == alone.records[tap].shape
-                _assert_close(got.records[tap], alone.records[tap], SAME_TOL, tap)
+            _assert_same_result(got, evaluate(p, config, prefix, QUERIES, candidates, options))
     assert not np.allclose(together[0].scores, together[1].scores)  # the models really differ
     flat["blocks/k/w"] = flat["blocks/k/w"][..., :-1]
     with pytest.raises(InputError, match="differ in the shape of blocks/k/w"):
