@@ -42,12 +42,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jaxicl import compile_stats, distributed, metrics
-from jaxicl.stage_clock import StageClock
 from jaxicl.data.prompts import PromptSet, build_prompts
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import JaxiclError
 from jaxicl.icl import EvalOptions, EvalResult
 from jaxicl.io.results import machine, versions, write_json_atomic
+from jaxicl.stage_clock import StageClock
 
 METHODS = ("gd", "lcgd")
 CELL_KEYS = ("task", "variant", "method", "seed", "perm", "accuracy", "per_layer", "scalar")
@@ -203,14 +203,17 @@ def cached_eval(path: Path, compute) -> tuple[EvalResult | None, bool]:
 # --- one group of cells ----------------------------------------------------------------------------
 
 
-def _prompts(lm, config: RunConfig, task, seed: int, perm: int) -> PromptSet:
+def run_prompts(lm, config: RunConfig, task, seed: int, perm: int) -> PromptSet:
+    """The prompts of one (task, seed, perm) run under this config (also `jaxicl tune`'s)."""
     return build_prompts(
         task, lm.tokenizer, seed=seed, perm=perm, k=config.k, n_eval=config.n_eval,
         max_len=config.max_len or lm.config.max_positions, separator=config.separator, data_dir=config.data_dir,
     )  # fmt: skip
 
 
-def _finetune_options(config: RunConfig, task, method: str):
+def finetune_options(config: RunConfig, task, method: str):
+    """The finetuning settings of a task and method under this config: its rate (`--lrs`), the
+    method's objective and the loss tokens (also `jaxicl tune`'s, with the rate replaced)."""
     from jaxicl.finetune import FinetuneOptions, Objective
 
     lr, _ = config.learning_rate(task)
@@ -267,7 +270,7 @@ def run_together(lm, config: RunConfig, run_dir: Path, task, variant: str, cells
 
     scan = jax.default_backend() != "cpu"  # a 2-core CPU pays more for the padding than for dispatches
     mine = [c for c in cells if c.task == task.name and c.variant == variant]
-    prompts = {c.group: _prompts(lm, config, task, c.seed, c.perm) for c in mine}
+    prompts = {c.group: run_prompts(lm, config, task, c.seed, c.perm) for c in mine}
     starts = {seed: transforms.reinit(lm.params, lm.config, variant, seed) for seed in {c.seed for c in mine}}
     done = {"runs": 0, "evaluations": 0}
     for method in config.methods:
@@ -278,7 +281,7 @@ def run_together(lm, config: RunConfig, run_dir: Path, task, variant: str, cells
         params = lm.params if variant == "trained" else [starts[c.seed] for c in batch]
         computed = finetune_many_cached(
             [_checkpoint_dir(run_dir, c) for c in batch], params, lm.config, [p.ft_sequences for p in ps],
-            _finetune_options(config, task, method), bases=[_base(config, c) for c in batch],
+            finetune_options(config, task, method), bases=[_base(config, c) for c in batch],
             label_starts_sets=[p.ft_label_starts for p in ps], scan=scan,
         )  # fmt: skip
         done["runs"] += sum(computed)
@@ -297,7 +300,7 @@ def run_together(lm, config: RunConfig, run_dir: Path, task, variant: str, cells
         finetuned = [
             finetune_cached(
                 _checkpoint_dir(run_dir, c), starts[c.seed], lm.config, prompts[c.group].ft_sequences,
-                _finetune_options(config, task, c.method), label_starts=prompts[c.group].ft_label_starts,
+                finetune_options(config, task, c.method), label_starts=prompts[c.group].ft_label_starts,
                 base=_base(config, c),
             )[0].params
             for c in together
@@ -323,7 +326,7 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
     options = EvalOptions(batch_size=config.batch_size, probe=config.probe)
 
     with watch("prompts"):
-        prompts = _prompts(lm, config, task, seed, perm)
+        prompts = run_prompts(lm, config, task, seed, perm)
         params = transforms.reinit(lm.params, lm.config, variant, seed)
 
     def ev(prefix, p=params):  # each process scores its share of the queries; all get every result
@@ -339,6 +342,7 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         icl, _ = cached_eval(run_dir / "evals" / group_dir / "icl.npz", ev(prompts.prefix_ids))
 
     gold = list(prompts.gold_labels)
+    lr, lr_origin = config.learning_rate(task)
     ft_results: dict[str, EvalResult] = {}
     written = []
     for cell in cells:
@@ -346,7 +350,7 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         with watch(f"finetune_{cell.method}"):
             result, _ = finetune_cached(
                 _checkpoint_dir(run_dir, cell), params, lm.config, prompts.ft_sequences,
-                _finetune_options(config, task, cell.method), label_starts=prompts.ft_label_starts,
+                finetune_options(config, task, cell.method), label_starts=prompts.ft_label_starts,
                 base=_base(config, cell), demo_names=[f"dataset index {i}" for i in prompts.demo_indices],
             )  # fmt: skip
         step(f"{cell.method} evaluate")
@@ -361,7 +365,7 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         record = {
             "task": task_name, "model": config.model, "variant": variant, "method": cell.method,
             "seed": seed, "perm": perm, "k": config.k, "k_icl": prompts.k_icl, "n_eval": prompts.n_eval,
-            "lr": config.learning_rate(task)[0], "lr_origin": config.learning_rate(task)[1],
+            "lr": lr, "lr_origin": lr_origin,
             "accuracy": {"zs": zs.accuracy(gold), "icl": icl.accuracy(gold), "ft": ft.accuracy(gold)},
             "per_layer": values["per_layer"], "scalar": values["scalar"], "counts": values["counts"],
             "grad_norms": {"kv": result.kv_grad_norms.tolist(), "all": result.grad_norms.tolist()},

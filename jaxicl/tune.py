@@ -201,7 +201,7 @@ def evaluate_rates(lm, config: TuneConfig, run_dir: Path, task, prompt_sets, sel
     """Each rate's result (from its file, or computed and saved): per-run selection accuracy, the
     final demonstration loss, and their means. together: all (rate, run) pairs finetune in one
     `finetune_many` and score in one `evaluate_many` (the batched engine); else one by one."""
-    from jaxicl.experiment import _finetune_options
+    from jaxicl.experiment import finetune_options
 
     out, todo = {}, []
     for rate in rates:
@@ -214,7 +214,7 @@ def evaluate_rates(lm, config: TuneConfig, run_dir: Path, task, prompt_sets, sel
         return out
     # all_grad_norms off: a selection needs no per-block gradient norms, and skipping the weight
     # gradients of every block but the stepped keys and values makes each step cheaper
-    base = dataclasses.replace(_finetune_options(_run_config(config, task), task, config.method), lr=todo[0],
+    base = dataclasses.replace(finetune_options(_run_config(config, task), task, config.method), lr=todo[0],
                                all_grad_norms=False)  # fmt: skip
     if together:  # every (rate, run) pair at once: an interrupt loses this batch
         batches = [todo]
@@ -290,12 +290,12 @@ def _run_config(config: TuneConfig, task):
 def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> dict:
     """The selection of one task: rates evaluated (all, or coarse then fine), zero-shot accuracy on
     the selection set, the chosen rate and why."""
-    from jaxicl.experiment import _prompts
+    from jaxicl.experiment import run_prompts
     from jaxicl.icl import EvalOptions, evaluate
 
     run_config = _run_config(config, task)
     runs = task.runs[: config.n_runs]
-    prompt_sets = [_prompts(lm, run_config, task, seed, perm) for seed, perm in runs]
+    prompt_sets = [run_prompts(lm, run_config, task, seed, perm) for seed, perm in runs]
     selection = build_selection(task, lm.tokenizer, prompt_sets, config)
     zs_path = run_dir / "tune" / task.name / "zero_shot.json"
     if zs_path.exists() and json.loads(zs_path.read_text())["indices"] == list(selection.indices):
