@@ -32,6 +32,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from jaxicl.errors import DataError, JaxiclError
+from jaxicl.io.results import write_json_atomic
 
 DAI_GRID = tuple(float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in range(1, 10))
 SELECTION_SEED = 20231113  # the train-split shuffle of the selection set (the paper's arXiv date)
@@ -190,12 +191,6 @@ def _rate_path(run_dir: Path, task: str, method: str, rate: float) -> Path:
     return run_dir / "tune" / task / method / f"lr-{rate:.6g}.json"
 
 
-def _write_json(path: Path, obj) -> None:
-    from jaxicl.io.results import write_json_atomic
-
-    write_json_atomic(path, obj)
-
-
 def evaluate_rates(lm, config: TuneConfig, run_dir: Path, task, prompt_sets, selection: SelectionSet,
                    rates: Sequence[float], together: bool) -> dict[float, dict]:
     """Each rate's result (from its file, or computed and saved): per-run selection accuracy, the
@@ -259,7 +254,7 @@ def _evaluate_batch(lm, config, run_dir, task, prompt_sets, selection, rates, ba
             "accuracy": accuracy, "mean_accuracy": float(np.mean(accuracy)),
             "final_loss": final_loss, "mean_final_loss": float(np.mean(final_loss)),
         }  # fmt: skip
-        _write_json(_rate_path(run_dir, task.name, config.method, rate), record)
+        write_json_atomic(_rate_path(run_dir, task.name, config.method, rate), record)
         out[rate] = record
     return out
 
@@ -269,7 +264,7 @@ def _add_seconds(run_dir: Path, task: str, rates: Sequence[float], seconds: floa
     path = run_dir / "tune" / "timing.json"
     timing = json.loads(path.read_text()) if path.exists() else {}
     timing.setdefault(task, {}).update({f"{r:g}": seconds / len(rates) for r in rates})
-    _write_json(path, timing)
+    write_json_atomic(path, timing)
 
 
 def _accelerator() -> bool:
@@ -298,14 +293,15 @@ def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> di
     prompt_sets = [run_prompts(lm, run_config, task, seed, perm) for seed, perm in runs]
     selection = build_selection(task, lm.tokenizer, prompt_sets, config)
     zs_path = run_dir / "tune" / task.name / "zero_shot.json"
-    if zs_path.exists() and json.loads(zs_path.read_text())["indices"] == list(selection.indices):
-        zero_shot = json.loads(zs_path.read_text())["accuracy"]
+    saved = json.loads(zs_path.read_text()) if zs_path.exists() else None
+    if saved is not None and saved["indices"] == list(selection.indices):
+        zero_shot = saved["accuracy"]
     else:
         p = prompt_sets[0]
         zs = evaluate(lm.params, lm.config, p.zs_prefix_ids, selection.query_ids, p.candidate_ids,
                       EvalOptions(batch_size=config.batch_size, records=()))  # fmt: skip
         zero_shot = zs.accuracy(selection.gold)
-        _write_json(zs_path, {"indices": list(selection.indices), "accuracy": zero_shot})
+        write_json_atomic(zs_path, {"indices": list(selection.indices), "accuracy": zero_shot})
     if config.search == "full":
         rates = list(config.grid)
         results = evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, rates, together)
@@ -333,8 +329,6 @@ def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> di
 
 def open_tune_dir(run_dir: Path, config: TuneConfig, force: bool = False) -> None:
     """Create the tune directory, or check that an existing one was made by the same config."""
-    from jaxicl.io.results import write_json_atomic
-
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "tune" / "tune.json"
     ours = config.to_json()
@@ -354,7 +348,6 @@ def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs:
     import jaxicl
     from jaxicl.data.tasks import get_task
     from jaxicl.experiment import batch_runs_enabled
-    from jaxicl.io.results import write_json_atomic
 
     run_dir = Path(run_dir)
     tasks = [get_task(name) for name in config.tasks]
@@ -369,7 +362,7 @@ def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs:
     seconds = time.perf_counter() - start
     timing_path = run_dir / "tune" / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
-    _write_json(timing_path, timing | {"last_invocation_s": seconds})
+    write_json_atomic(timing_path, timing | {"last_invocation_s": seconds})
     return selection | {"seconds": seconds}
 
 
