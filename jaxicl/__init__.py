@@ -1,7 +1,7 @@
 """jaxicl: in-context learning vs gradient descent inside real language models, in pure-function JAX."""
 
 from jaxicl.api import load, logits
-from jaxicl.errors import CheckpointError, DataError, InputError, JaxiclError, ModelNotFoundError, TrainingError
+from jaxicl.errors import CheckpointError, DataError, DivergenceError, InputError, JaxiclError, ModelNotFoundError, TrainingError
 from jaxicl.lm import LM
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.transformer import KVCache, forward
@@ -19,5 +19,6 @@ __all__ = [
     "CheckpointError",
     "InputError",
     "DataError",
+    "DivergenceError",
     "TrainingError",
 ]

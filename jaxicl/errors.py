@@ -25,3 +25,8 @@ class DataError(JaxiclError, ValueError):
 
 class TrainingError(JaxiclError, RuntimeError):
     """Finetuning that cannot go on, e.g. a NaN or infinite loss."""
+
+
+class DivergenceError(TrainingError):
+    """A non-finite loss or gradient during finetuning: a learning-rate sweep marks the rate and
+    goes on, where any other caller stops."""

@@ -35,7 +35,7 @@ from jaxicl import transforms as T
 from jaxicl.api import bucket, check_ids
 from jaxicl.data.prompts import PromptSet
 from jaxicl.data.tasks import Task
-from jaxicl.errors import TrainingError
+from jaxicl.errors import DivergenceError, TrainingError
 from jaxicl.icl import EvalOptions, EvalResult, evaluate
 from jaxicl.io import checkpoint
 from jaxicl.models.config import ModelConfig
@@ -343,6 +343,7 @@ class FinetuneResult:
     kv_grad_norms: np.ndarray  # [n_steps, L] norm of the stepped (masked: k/v by default) gradient
     grad_norms: np.ndarray  # [n_steps, L] norm over all params of each block (NaN if off)
     seconds: float
+    diverged: str | None = None  # finetune_many(on_divergence="mark"): why; params are then non-finite
 
     def records(self) -> dict[str, np.ndarray]:
         return {
@@ -431,11 +432,11 @@ def finetune(
     diverged = _first_divergence(stats)
     if diverged:
         step, why = diverged
-        raise TrainingError(f"finetuning diverged at step {step} on {_name(step, demo_names)}: {why}")
+        raise DivergenceError(f"finetuning diverged at step {step} on {_name(step, demo_names)}: {why}")
     return _result(T.merge_params(trainable, frozen), stats, time.perf_counter() - start)
 
 
-def _result(params: dict, stats: dict[str, np.ndarray], seconds: float) -> FinetuneResult:
+def _result(params: dict, stats: dict[str, np.ndarray], seconds: float, diverged: str | None = None) -> FinetuneResult:
     return FinetuneResult(
         params=params,
         losses=stats["loss"],
@@ -443,6 +444,7 @@ def _result(params: dict, stats: dict[str, np.ndarray], seconds: float) -> Finet
         kv_grad_norms=stats["kv_grad_norms"],
         grad_norms=stats["grad_norms"],
         seconds=seconds,
+        diverged=diverged,
     )
 
 
@@ -458,6 +460,7 @@ def finetune_many(
     mesh: Mesh | None = None,
     lrs: Sequence[float] | None = None,
     scan: bool = False,
+    on_divergence: str = "raise",
 ) -> list[FinetuneResult]:
     """`finetune` of several demonstration sets (e.g. a task's seeds), their steps run together
     under `jax.vmap` (`max_parallel` sets at a time, to bound memory).
@@ -475,7 +478,12 @@ def finetune_many(
 
     mesh: split the sets over its "data" axis (the shared params placed by `sharding.shard_params`);
     the number of sets is padded up to a multiple of that axis's size with sets that always idle,
-    so a `max_parallel` that is such a multiple wastes nothing."""
+    so a `max_parallel` that is such a multiple wastes nothing.
+
+    on_divergence: "raise" (DivergenceError naming the first diverged set) or "mark" (every set's
+    result is returned; a diverged one says why in `diverged`: a learning-rate sweep goes on)."""
+    if on_divergence not in ("raise", "mark"):
+        raise TrainingError(f"on_divergence must be 'raise' or 'mark', got {on_divergence!r}")
     mask = mask or T.kv_mask(config)
     n_sets = len(sequence_sets)
     starts = list(params) if _per_set(params) else None
@@ -491,7 +499,7 @@ def finetune_many(
             out += finetune_many(
                 params if starts is None else starts[part], config, sequence_sets[part], options,
                 label_starts_sets=None if label_starts_sets is None else label_starts_sets[part],
-                mask=mask, mesh=mesh, lrs=rates[part], scan=scan,
+                mask=mask, mesh=mesh, lrs=rates[part], scan=scan, on_divergence=on_divergence,
             )  # fmt: skip
         return out
     sets = [
@@ -551,14 +559,17 @@ def finetune_many(
             stats = _fetch_stats(steps)  # [n_steps, n_sets, ...]
         jax.block_until_ready(trainable)
     per_set = [{k: v[: len(sets[s]), s] for k, v in stats.items()} for s in range(n_sets)]  # its active steps
+    why = [None] * n_sets
     for s, set_stats in enumerate(per_set):
         diverged = _first_divergence(set_stats)
         if diverged:
-            step, why = diverged
-            raise TrainingError(f"finetuning diverged in set {s} at step {step} on demonstration {step}: {why}")
+            step, reason = diverged
+            why[s] = f"finetuning diverged in set {s} at step {step} on demonstration {step}: {reason}"
+            if on_divergence == "raise":
+                raise DivergenceError(why[s])
     seconds = time.perf_counter() - start
     trained = _unstack(trainable)
-    return [_result(T.merge_params(trained[s], frozens[s]), per_set[s], seconds) for s in range(n_sets)]
+    return [_result(T.merge_params(trained[s], frozens[s]), per_set[s], seconds, why[s]) for s in range(n_sets)]
 
 
 @jax.jit

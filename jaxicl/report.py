@@ -1222,7 +1222,7 @@ def lr_selection_rows(selection: Mapping[str, Any]) -> list[list]:
         for rate, v in entry["rates"].items():
             for i, (acc, loss) in enumerate(zip(v["accuracy"], v["final_loss"])):
                 rows.append([task, float(rate), i, acc, loss])
-            rows.append([task, float(rate), "mean", v["mean_accuracy"], v["mean_final_loss"]])
+            rows.append([task, float(rate), "mean", v["mean_accuracy"], v["mean_final_loss"]])  # None: diverged
     return rows
 
 
@@ -1234,8 +1234,12 @@ def plot_lr_selection(selection: Mapping[str, Any], path: Path) -> Path:
     for ax, task in zip(axes[0], tasks):
         entry = selection["tasks"][task]
         rates = sorted(entry["rates"], key=float)
-        ax.plot([float(r) for r in rates], [entry["rates"][r]["mean_accuracy"] for r in rates], "o-", ms=3,
+        finite = [r for r in rates if entry["rates"][r]["mean_accuracy"] is not None]
+        ax.plot([float(r) for r in finite], [entry["rates"][r]["mean_accuracy"] for r in finite], "o-", ms=3,
                 label="finetuned (mean over runs)")  # fmt: skip
+        diverged = [float(r) for r in rates if entry["rates"][r]["mean_accuracy"] is None]
+        if diverged:  # drawn on the zero-shot line, as crosses: excluded from the choice
+            ax.plot(diverged, [entry["zero_shot_accuracy"]] * len(diverged), "x", color="tab:red", label="diverged")
         ax.axhline(entry["zero_shot_accuracy"], color="gray", ls=":", label="zero-shot")
         if entry.get("paper_lr"):
             ax.axvline(entry["paper_lr"], color="tab:red", ls="--", label="paper's rate")
@@ -1249,6 +1253,11 @@ def plot_lr_selection(selection: Mapping[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _rates_tried(rates: Mapping[str, Mapping]) -> str:
+    diverged = [r for r, v in rates.items() if v["mean_accuracy"] is None]
+    return f"{len(rates)}" + (f" ({len(diverged)} diverged: {', '.join(diverged)})" if diverged else "")
+
+
 def _lr_selection_section(selection: Mapping[str, Any] | None, out: Path, plots: bool) -> list[str]:
     lines = ["## Learning-rate selection (`jaxicl tune`)", ""]
     if selection is None:
@@ -1259,7 +1268,7 @@ def _lr_selection_section(selection: Mapping[str, Any] | None, out: Path, plots:
         rows.append([task_label(task), fmt_num(entry.get("paper_lr"), 4), f"{chosen['lr']:g}",
                      fmt_num(chosen["accuracy"], 3), fmt_num(entry["zero_shot_accuracy"], 3),
                      "yes" if chosen["finetuning_helps"] else "**no: finetuning does not help here**",
-                     str(len(entry["rates"]))])  # fmt: skip
+                     _rates_tried(entry["rates"])])  # fmt: skip
     lines += md_table(["task", "paper's rate", "chosen rate", "selection accuracy", "zero-shot", "beats zero-shot",
                        "rates tried"], rows)  # fmt: skip
     first = next(iter(selection["tasks"].values()))

@@ -31,7 +31,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from jaxicl.errors import DataError, JaxiclError
+from jaxicl.errors import DataError, JaxiclError, TrainingError
 from jaxicl.io.results import write_json_atomic
 
 DAI_GRID = tuple(float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in range(1, 10))
@@ -92,11 +92,17 @@ def check_grid(grid: Sequence[float]) -> None:
 # --- the selection rule ---------------------------------------------------------------------------
 
 
-def choose(mean_accuracy: dict[float, float], zero_shot: float) -> dict[str, Any]:
+def choose(mean_accuracy: dict[float, float | None], zero_shot: float) -> dict[str, Any]:
     """Dai's rule: the rate with the best mean selection accuracy, ties broken toward the smaller
-    rate. Says plainly when even that rate does not beat the zero-shot accuracy."""
+    rate; a diverged rate (accuracy None) is excluded. Says plainly when even the best rate does not
+    beat the zero-shot accuracy."""
     if not mean_accuracy:
         raise JaxiclError("no learning rate was evaluated")
+    excluded = sorted(r for r, acc in mean_accuracy.items() if acc is None)
+    mean_accuracy = {r: acc for r, acc in mean_accuracy.items() if acc is not None}
+    if not mean_accuracy:
+        tried = ", ".join(f"{r:g}" for r in excluded)
+        raise TrainingError(f"finetuning diverged at every learning rate tried ({tried})")
     best = max(mean_accuracy.values())
     rate = min(r for r, acc in mean_accuracy.items() if acc == best)
     tied = sorted(r for r, acc in mean_accuracy.items() if acc == best)
@@ -106,6 +112,8 @@ def choose(mean_accuracy: dict[float, float], zero_shot: float) -> dict[str, Any
         reason += f", tied with {', '.join(f'{r:g}' for r in tied if r != rate)} (the smaller rate wins)"
     if not helps:
         reason += f"; finetuning does not help here: zero-shot accuracy on the same set is {zero_shot:.4f}"
+    if excluded:
+        reason += f"; diverged, excluded: {', '.join(f'{r:g}' for r in excluded)}"
     return {"lr": rate, "accuracy": best, "zero_shot": zero_shot, "finetuning_helps": helps, "reason": reason}
 
 
@@ -222,38 +230,52 @@ def evaluate_rates(lm, config: TuneConfig, run_dir: Path, task, prompt_sets, sel
 
 def _evaluate_batch(lm, config, run_dir, task, prompt_sets, selection, rates, base, together) -> dict[float, dict]:
     from jaxicl import finetune as F
+    from jaxicl.errors import DivergenceError
     from jaxicl.icl import EvalOptions, evaluate, evaluate_many
 
     options = EvalOptions(batch_size=config.batch_size, records=())
     prefix, cands = prompt_sets[0].zs_prefix_ids, prompt_sets[0].candidate_ids
     pairs = [(rate, p) for rate in rates for p in prompt_sets]
     start = time.perf_counter()
-    if together:
+    if together:  # a diverged run is marked, not raised: the sweep goes on without it
         results = F.finetune_many(
             lm.params, lm.config, [p.ft_sequences for _, p in pairs], base,
             label_starts_sets=[p.ft_label_starts for _, p in pairs], lrs=[r for r, _ in pairs],
-            scan=_accelerator(),
+            scan=_accelerator(), on_divergence="mark",
         )  # fmt: skip
-        scored = evaluate_many([r.params for r in results], lm.config, prefix, selection.query_ids, cands, options)
+        finite = [i for i, r in enumerate(results) if r.diverged is None]
+        diverged = {i: r.diverged for i, r in enumerate(results) if r.diverged is not None}
+        scored = dict(zip(finite, evaluate_many([results[i].params for i in finite], lm.config, prefix,
+                                                selection.query_ids, cands, options) if finite else []))  # fmt: skip
     else:
-        results, scored = [], []
-        for rate, p in pairs:
-            result = F.finetune(lm.params, lm.config, p.ft_sequences, dataclasses.replace(base, lr=rate),
-                                label_starts=p.ft_label_starts)  # fmt: skip
-            results.append(result)
-            scored.append(evaluate(result.params, lm.config, prefix, selection.query_ids, cands, options))
+        results, scored, diverged = {}, {}, {}
+        for i, (rate, p) in enumerate(pairs):
+            try:
+                results[i] = F.finetune(lm.params, lm.config, p.ft_sequences, dataclasses.replace(base, lr=rate),
+                                        label_starts=p.ft_label_starts)  # fmt: skip
+            except DivergenceError as e:
+                diverged[i] = str(e)
+                continue
+            scored[i] = evaluate(results[i].params, lm.config, prefix, selection.query_ids, cands, options)
     _add_seconds(run_dir, task.name, rates, time.perf_counter() - start)
     out = {}
     for rate in rates:
         mine = [i for i, (r, _) in enumerate(pairs) if r == rate]
-        accuracy = [scored[i].accuracy(selection.gold) for i in mine]
-        final_loss = [float(results[i].losses[-1]) for i in mine]
-        record = {
-            "task": task.name, "method": config.method, "lr": rate,
-            "runs": [[pairs[i][1].seed, pairs[i][1].perm] for i in mine],
-            "accuracy": accuracy, "mean_accuracy": float(np.mean(accuracy)),
-            "final_loss": final_loss, "mean_final_loss": float(np.mean(final_loss)),
-        }  # fmt: skip
+        record = {"task": task.name, "method": config.method, "lr": rate,
+                  "runs": [[pairs[i][1].seed, pairs[i][1].perm] for i in mine]}  # fmt: skip
+        if any(i in diverged for i in mine):  # excluded from the choice, reported as such
+            record |= {
+                "diverged": [f"run (seed {pairs[i][1].seed}, perm {pairs[i][1].perm}): {diverged[i]}"
+                             for i in mine if i in diverged],  # fmt: skip
+                "accuracy": [scored[i].accuracy(selection.gold) if i in scored else None for i in mine],
+                "final_loss": [None if i in diverged else float(results[i].losses[-1]) for i in mine],
+                "mean_accuracy": None, "mean_final_loss": None,
+            }  # fmt: skip
+        else:
+            accuracy = [scored[i].accuracy(selection.gold) for i in mine]
+            final_loss = [float(results[i].losses[-1]) for i in mine]
+            record |= {"accuracy": accuracy, "mean_accuracy": float(np.mean(accuracy)),
+                       "final_loss": final_loss, "mean_final_loss": float(np.mean(final_loss))}  # fmt: skip
         write_json_atomic(_rate_path(run_dir, task.name, config.method, rate), record)
         out[rate] = record
     return out

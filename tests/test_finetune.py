@@ -15,7 +15,7 @@ import pytest
 from jaxicl import finetune as F
 from jaxicl import transforms as T
 from jaxicl.data import get_task
-from jaxicl.errors import TrainingError
+from jaxicl.errors import DivergenceError, TrainingError
 from jaxicl.icl import EvalOptions, evaluate
 from jaxicl.io import checkpoint
 from jaxicl.models.transformer import forward
@@ -290,8 +290,14 @@ def test_nan_loss_names_step_and_demonstration_and_writes_nothing(tmp_path):
         F.finetune_cached(tmp_path / "run", params, config, seqs, F.FinetuneOptions(lr=0.1), base="x")
     assert not (tmp_path / "run" / checkpoint.META_FILE).exists()
     assert not (tmp_path / "run" / checkpoint.TREE_DIR).exists()
-    with pytest.raises(TrainingError, match=r"set 1 at step 2"):
+    with pytest.raises(DivergenceError, match=r"set 1 at step 2"):
         F.finetune_many(params, config, [seqs[:2], seqs], F.FinetuneOptions(lr=0.1))
+    # a sweep marks the diverged set and keeps the others
+    kept, marked = F.finetune_many(params, config, [seqs[:2], seqs], F.FinetuneOptions(lr=0.1), on_divergence="mark")
+    assert kept.diverged is None and np.all(np.isfinite(kept.losses))
+    assert "set 1 at step 2" in marked.diverged and "loss nan" in marked.diverged
+    with pytest.raises(TrainingError, match="on_divergence must be 'raise' or 'mark'"):
+        F.finetune_many(params, config, [seqs], F.FinetuneOptions(lr=0.1), on_divergence="skip")
 
 
 def test_bad_demonstrations_are_refused():

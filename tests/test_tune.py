@@ -16,7 +16,7 @@ from jaxicl import finetune as F  # noqa: E402
 from jaxicl import tune as T  # noqa: E402
 from jaxicl.data.prompts import build_prompts  # noqa: E402
 from jaxicl.data.tasks import get_task, select_eval  # noqa: E402
-from jaxicl.errors import DataError, JaxiclError  # noqa: E402
+from jaxicl.errors import DataError, JaxiclError, TrainingError  # noqa: E402
 from jaxicl.experiment import RunConfig, run  # noqa: E402
 from tests.test_experiment import task_spec, tiny_lm  # noqa: E402,F401  (fixtures)
 
@@ -34,6 +34,13 @@ def test_choose_says_plainly_when_finetuning_does_not_help():
     got = T.choose({0.1: 0.50, 0.01: 0.61}, zero_shot=0.61)
     assert got["lr"] == 0.01 and not got["finetuning_helps"]  # the chosen rate is still given
     assert "finetuning does not help here: zero-shot accuracy on the same set is 0.6100" in got["reason"]
+
+
+def test_choose_excludes_diverged_rates_and_refuses_when_every_rate_diverged():
+    got = T.choose({0.1: None, 0.01: 0.61, 0.001: 0.55}, zero_shot=0.5)
+    assert got["lr"] == 0.01 and "diverged, excluded: 0.1" in got["reason"]
+    with pytest.raises(TrainingError, match=r"diverged at every learning rate tried \(0.01, 0.1\)"):
+        T.choose({0.1: None, 0.01: None}, zero_shot=0.5)
 
 
 def test_dai_grid_and_coarse_to_fine():
@@ -157,6 +164,23 @@ def test_tune_resumes_without_recomputing_and_batched_equals_one_by_one(tiny_lm,
     assert (tmp_path / "one" / "report" / "lr_selection.png").stat().st_size > 1000
     rows = (tmp_path / "one" / "report" / "lr_selection.csv").read_text().splitlines()
     assert rows[0] == "task,lr,run,selection_accuracy,final_loss" and len(rows) == 1 + 3 * 3
+
+
+@pytest.mark.parametrize("batch_runs", ["off", "on"])
+def test_a_diverging_rate_is_marked_and_excluded_and_the_sweep_goes_on(tiny_lm, task_spec, tmp_path, batch_runs):
+    config = _config(task_spec, grid=(0.05, 3e38))
+    entry = T.tune(config, tmp_path, lm=tiny_lm, batch_runs=batch_runs)["tasks"]["tiny"]
+    wild = entry["rates"]["3e+38"]
+    assert wild["mean_accuracy"] is None and len(wild["diverged"]) == 2 and "finetuning diverged" in wild["diverged"][0]
+    assert wild["accuracy"] == [None, None] and wild["final_loss"] == [None, None]
+    assert entry["rates"]["0.05"]["mean_accuracy"] is not None and "diverged" not in entry["rates"]["0.05"]
+    assert entry["chosen"]["lr"] == 0.05 and "diverged, excluded: 3e+38" in entry["chosen"]["reason"]
+    json.loads((tmp_path / T.SELECTION_FILE).read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+
+    from jaxicl.report import write_report
+
+    report = write_report(tmp_path, plots=batch_runs == "on").read_text()
+    assert "| 2 (1 diverged: 3e+38) |" in report
 
 
 def test_a_tune_directory_refuses_another_config(tiny_lm, task_spec, tmp_path):
