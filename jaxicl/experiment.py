@@ -46,7 +46,7 @@ from jaxicl.data.prompts import PromptSet, build_prompts
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import JaxiclError
 from jaxicl.icl import EvalOptions, EvalResult
-from jaxicl.io.results import machine, versions, write_json_atomic
+from jaxicl.io.results import machine, versions, write_config, write_json_atomic
 from jaxicl.stage_clock import StageClock
 
 METHODS = ("gd", "lcgd")
@@ -128,16 +128,7 @@ def cells_of(config: RunConfig) -> list[Cell]:
 
 def open_run_dir(run_dir: Path, config: RunConfig, force: bool = False) -> None:
     """Create the run directory, or check that an existing one was made by the same config."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "run.json"
-    ours = config.to_json()
-    if path.exists() and not force:
-        theirs = json.loads(path.read_text())
-        differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-        if differing:
-            details = "; ".join(f"{k}: run dir has {theirs.get(k)!r}, this command {ours.get(k)!r}" for k in differing)
-            raise JaxiclError(f"{run_dir} was written by a different config ({details}); use --force to reuse it")
-    write_json_atomic(path, ours)
+    write_config(run_dir / "run.json", config.to_json(), force)
     write_json_atomic(run_dir / "provenance.json", {"versions": versions(), "machine": machine()})
 
 

@@ -32,7 +32,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from jaxicl.errors import DataError, JaxiclError, TrainingError
-from jaxicl.io.results import write_json_atomic
+from jaxicl.io.results import write_config, write_json_atomic
 
 DAI_GRID = tuple(float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in range(1, 10))
 SELECTION_SEED = 20231113  # the train-split shuffle of the selection set (the paper's arXiv date)
@@ -351,16 +351,7 @@ def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> di
 
 def open_tune_dir(run_dir: Path, config: TuneConfig, force: bool = False) -> None:
     """Create the tune directory, or check that an existing one was made by the same config."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "tune" / "tune.json"
-    ours = config.to_json()
-    if path.exists() and not force:
-        theirs = json.loads(path.read_text())
-        differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-        if differing:
-            raise JaxiclError(f"{run_dir} holds a tune of a different config (differs in {', '.join(differing)}); "
-                              "use another directory or --force")  # fmt: skip
-    write_json_atomic(path, ours)
+    write_config(run_dir / "tune" / "tune.json", config.to_json(), force)
 
 
 def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs: str = "auto",

@@ -185,7 +185,8 @@ def test_a_diverging_rate_is_marked_and_excluded_and_the_sweep_goes_on(tiny_lm, 
 
 def test_a_tune_directory_refuses_another_config(tiny_lm, task_spec, tmp_path):
     T.open_tune_dir(tmp_path, _config(task_spec))
-    with pytest.raises(JaxiclError, match="differs in grid"):
+    refusal = r"tune.json was written by a different config \(grid: run dir has \[0.005, 0.05, 0.5\], this command \[0.1\]"
+    with pytest.raises(JaxiclError, match=refusal):
         T.open_tune_dir(tmp_path, _config(task_spec, grid=(0.1,)))
 
 

@@ -31,6 +31,21 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     return path
 
 
+def write_config(path: str | os.PathLike, config: dict, force: bool = False) -> None:
+    """Write a directory's config file, or refuse (naming each differing key) when the file already
+    there was written by another config: a resumed run must never mix two configs' results."""
+    from jaxicl.errors import JaxiclError
+
+    path = Path(path)
+    if path.exists() and not force:
+        theirs = json.loads(path.read_text())
+        differing = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+        if differing:
+            details = "; ".join(f"{k}: run dir has {theirs.get(k)!r}, this command {config.get(k)!r}" for k in differing)
+            raise JaxiclError(f"{path} was written by a different config ({details}); use --force to reuse it")
+    write_json_atomic(path, config)
+
+
 def versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
