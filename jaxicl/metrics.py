@@ -55,6 +55,8 @@ PER_LAYER_KEYS = (
     "random_simaou",
     "random_simaou_gauss",
 )
+# Table 1 / Table 2's metrics, kept per example in each cell for the report's hierarchical bootstrap
+PER_EXAMPLE_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")
 
 
 # ----------------------------------------------------------------------------------- primitives
@@ -89,6 +91,17 @@ def per_layer_mean(scores: np.ndarray) -> list[float]:
     if scores.ndim != 2:
         raise InputError(f"per-example scores must be [n, L] or [n, L, H], got shape {scores.shape}")
     return [float(v) for v in scores.mean(axis=0)]
+
+
+def per_example_mean(scores: np.ndarray) -> list[float]:
+    """[n, L] or [n, L, H] → one float per example: heads, then layers, with equal weights, so the
+    mean of these equals the layer mean of `per_layer_mean` (what a bootstrap over examples needs)."""
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim == 3:
+        scores = scores.mean(axis=2)
+    if scores.ndim != 2:
+        raise InputError(f"per-example scores must be [n, L] or [n, L, H], got shape {scores.shape}")
+    return [float(v) for v in scores.mean(axis=1)]
 
 
 def layer_mean(per_layer: Sequence[float]) -> float:
@@ -422,21 +435,23 @@ def all_metrics(
     if h_zs.shape[1] != m_zs.shape[1]:
         raise InputError(f"number of layers differs: {hidden_key} {h_zs.shape[1]}, {map_key} {m_zs.shape[1]}")
 
-    per_layer = {
-        "simaou_norm": per_layer_mean(_simaou_checked(h_zs, h_icl, h_ft, True)),
-        "simaou": per_layer_mean(_simaou_checked(h_zs, h_icl, h_ft, False)),
-        "simam": per_layer_mean(_pair_cos(m_icl, m_ft, None, lengths)),
-        "simam_delta": per_layer_mean(_pair_cos(m_icl, m_ft, m_zs, lengths)),
-        "zsl_simam": per_layer_mean(_pair_cos(m_icl, m_zs, None, lengths)),
-        "random_simaou": per_layer_mean(_random_checked(h_zs, h_icl, seed=seed, dist="uniform", normalize=True)),
-        "random_simaou_gauss": per_layer_mean(_random_checked(h_zs, h_icl, seed=seed, dist="gauss", normalize=True)),
+    scores = {  # [n, L] or [n, L, H] per example
+        "simaou_norm": _simaou_checked(h_zs, h_icl, h_ft, True),
+        "simaou": _simaou_checked(h_zs, h_icl, h_ft, False),
+        "simam": _pair_cos(m_icl, m_ft, None, lengths),
+        "simam_delta": _pair_cos(m_icl, m_ft, m_zs, lengths),
+        "zsl_simam": _pair_cos(m_icl, m_zs, None, lengths),
+        "random_simaou": _random_checked(h_zs, h_icl, seed=seed, dist="uniform", normalize=True),
+        "random_simaou_gauss": _random_checked(h_zs, h_icl, seed=seed, dist="gauss", normalize=True),
     }
+    per_layer = {key: per_layer_mean(v) for key, v in scores.items()}
     both, fixed = rec2ftp_counts(*preds)
     scalar = {key: layer_mean(values) for key, values in per_layer.items()}
     scalar["rec2ftp"] = json_float(100.0 * both / fixed) if fixed else None
     return {
         "per_layer": per_layer,
         "scalar": scalar,
+        "per_example": {key: per_example_mean(scores[key]) for key in PER_EXAMPLE_METRICS},
         "counts": {"n": int(n_h), "rec2ftp_both": both, "rec2ftp_ft_gt_zs": fixed},
     }
 

@@ -338,6 +338,16 @@ def test_all_metrics_schema_and_values():
     assert pl["random_simaou_gauss"] == pytest.approx(M.random_simaou(hz, hi, seed=2, dist="gauss"))
     both, fixed = M.rec2ftp_counts(zs.predictions, icl.predictions, ft.predictions, gold)
     assert got["counts"] == {"n": 5, "rec2ftp_both": both, "rec2ftp_ft_gt_zs": fixed}
+    # per example (for the bootstrap): their mean is the scalar, and each is that example's own value
+    assert set(got["per_example"]) == set(M.PER_EXAMPLE_METRICS)
+    for key, values in got["per_example"].items():
+        assert len(values) == 5 and np.mean(values) == pytest.approx(got["scalar"][key], abs=1e-12)
+    first = fake_results()[0]
+    alone = [{"records": {k: v[2:3] for k, v in r.records.items()}, "map_lengths": r.map_lengths[2:3],
+              "predictions": r.predictions[2:3]} for r in first]  # fmt: skip
+    by_itself = M.all_metrics(*alone, gold=gold[2:3], seed=2)
+    for key in M.PER_EXAMPLE_METRICS:
+        assert got["per_example"][key][2] == pytest.approx(by_itself["scalar"][key], abs=1e-12)
     json.dumps(got, allow_nan=False)
 
 
