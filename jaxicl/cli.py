@@ -125,6 +125,7 @@ def _run(args: argparse.Namespace) -> int | None:
         batch_size=args.batch_size, data_dir=args.data_dir, loss_tokens=args.loss_tokens,
         lrs=None if rates is None else tuple(sorted(rates.items())),
         lrs_source=None if rates is None else ("selected" if args.lrs == "selected" else str(args.lrs)),
+        token_wise=args.token_wise,
     )  # fmt: skip
     try:
         counts = run(config, args.out, force=args.force, only=parse_only(args.only), profile_dir=args.profile,
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="finetuning loss over every token after BOS (the authors') or the label tokens only")
     rn.add_argument("--lrs", default="paper", metavar="paper|selected|FILE.json",
                     help="learning rates: the paper's, RUN_DIR/lr_selection.json from `jaxicl tune`, or a file")
+    rn.add_argument("--token-wise", action="store_true",
+                    help="also record the attention output at every query token and add IA2's token-wise SimAOU "
+                    "(larger evaluation files)")
     rn.add_argument("--profile", default=None, metavar="DIR",
                     help="write a JAX profiler trace of the first group run (open with TensorBoard or Perfetto)")
     rn.add_argument("--compile-cache", default=None, metavar="DIR|off",

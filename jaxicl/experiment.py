@@ -45,12 +45,15 @@ from jaxicl import compile_stats, distributed, metrics
 from jaxicl.data.prompts import PromptSet, build_prompts
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import JaxiclError
-from jaxicl.icl import EvalOptions, EvalResult
+from jaxicl.icl import RECORD_TAPS, EvalOptions, EvalResult
+from jaxicl.models.transformer import EVERY_POSITION
 from jaxicl.io.results import machine, versions, write_config, write_json_atomic
 from jaxicl.stage_clock import StageClock
 
 METHODS = ("gd", "lcgd")
 CELL_KEYS = ("task", "variant", "method", "seed", "perm", "accuracy", "per_layer", "scalar")
+
+TOKEN_RECORD = "attn_out" + EVERY_POSITION  # attn_out at every query token (--token-wise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,12 @@ class RunConfig:
     data_dir: str | None = None
     lrs: tuple[tuple[str, float], ...] | None = None  # (task, rate) pairs; None: each task's paper rate
     lrs_source: str | None = None  # where `lrs` came from ("selected", a file); None: the paper
+    token_wise: bool = False  # also record attn_out at every query token: IA2's token-wise SimAOU
+
+    def eval_options(self) -> EvalOptions:
+        """The evaluation settings of every zero-shot, ICL and finetuned scoring of the run."""
+        records = RECORD_TAPS + ((TOKEN_RECORD,) if self.token_wise else ())
+        return EvalOptions(batch_size=self.batch_size, probe=self.probe, records=records)
 
     def learning_rate(self, task) -> tuple[float, str]:
         """(rate, origin) of a task's finetuning: the paper's, or the one `--lrs` gave."""
@@ -128,7 +137,7 @@ def cells_of(config: RunConfig) -> list[Cell]:
 
 def open_run_dir(run_dir: Path, config: RunConfig, force: bool = False) -> None:
     """Create the run directory, or check that an existing one was made by the same config."""
-    write_config(run_dir / "run.json", config.to_json(), force)
+    write_config(run_dir / "run.json", config.to_json(), force, defaults=RunConfig().to_json())
     write_json_atomic(run_dir / "provenance.json", {"versions": versions(), "machine": machine()})
 
 
@@ -165,11 +174,15 @@ def _result_arrays(result: EvalResult) -> dict[str, np.ndarray]:
     return out
 
 
-def _load_result(path: Path) -> EvalResult | None:
+def _load_result(path: Path, records_needed: Sequence[str] = ()) -> EvalResult | None:
+    """The evaluation cached at `path`; None if absent, unreadable or lacking a needed record (e.g.
+    a run resumed with --token-wise over evaluations made without it)."""
     if not path.exists():
         return None
     try:
         with np.load(path) as z:
+            if any(f"rec_{name}" not in z.files for name in records_needed):
+                return None
             records = {k[4:]: z[k] for k in z.files if k.startswith("rec_")}
             return EvalResult(scores=z["scores"], predictions=z["predictions"], records=records,
                               map_lengths=z["map_lengths"], prefix_len=int(z["prefix_len"]))
@@ -177,12 +190,13 @@ def _load_result(path: Path) -> EvalResult | None:
         return None
 
 
-def cached_eval(path: Path, compute) -> tuple[EvalResult | None, bool]:
-    """(result, reused): the evaluation stored at `path`, or compute and store it.
+def cached_eval(path: Path, compute, records_needed: Sequence[str] = ()) -> tuple[EvalResult | None, bool]:
+    """(result, reused): the evaluation stored at `path` (if it has `records_needed`), or compute
+    and store it.
 
     Several processes: process 0's file decides for all, and only process 0 stores; where it reuses
     the file, the others get None (only process 0 uses the results)."""
-    found = _load_result(path) if distributed.is_writer() else None
+    found = _load_result(path, records_needed) if distributed.is_writer() else None
     if distributed.broadcast_from_host0(found is not None):
         return found, True
     result = compute()
@@ -278,13 +292,14 @@ def run_together(lm, config: RunConfig, run_dir: Path, task, variant: str, cells
         done["runs"] += sum(computed)
     if jax.process_count() > 1 or len(mine) < 2:
         return done
-    todo = [c for c in mine if not (run_dir / "evals" / _group_dir(c) / f"{c.method}-ft.npz").exists()]
+    options = config.eval_options()
+    todo = [c for c in mine if _load_result(run_dir / "evals" / _group_dir(c) / f"{c.method}-ft.npz",
+                                            options.records) is None]  # fmt: skip
     same_queries: dict[tuple, list[Cell]] = {}  # the models scored on the same queries go together
     for c in todo:
         p = prompts[c.group]
         key = (tuple(p.zs_prefix_ids), tuple(map(tuple, p.query_ids)), tuple(map(tuple, p.candidate_ids)))
         same_queries.setdefault(key, []).append(c)
-    options = EvalOptions(batch_size=config.batch_size, probe=config.probe)
     for (prefix, queries, candidates), together in same_queries.items():
         if len(together) < 2:
             continue
@@ -314,7 +329,7 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
     watch = StageClock()
     step = (lambda msg: progress(msg)) if progress else (lambda msg: None)
     group_dir = _group_dir(cells[0])
-    options = EvalOptions(batch_size=config.batch_size, probe=config.probe)
+    options = config.eval_options()
 
     with watch("prompts"):
         prompts = run_prompts(lm, config, task, seed, perm)
@@ -327,10 +342,10 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
     step("zero-shot")
     with watch("zero_shot"):  # the trained model's zero-shot run is the same for every seed/perm
         zs_dir = Path(task_name, variant) if variant == "trained" else group_dir
-        zs, _ = cached_eval(run_dir / "evals" / zs_dir / "zs.npz", ev(prompts.zs_prefix_ids))
+        zs, _ = cached_eval(run_dir / "evals" / zs_dir / "zs.npz", ev(prompts.zs_prefix_ids), options.records)
     step("ICL")
     with watch("icl"):
-        icl, _ = cached_eval(run_dir / "evals" / group_dir / "icl.npz", ev(prompts.prefix_ids))
+        icl, _ = cached_eval(run_dir / "evals" / group_dir / "icl.npz", ev(prompts.prefix_ids), options.records)
 
     gold = list(prompts.gold_labels)
     lr, lr_origin = config.learning_rate(task)
@@ -347,12 +362,14 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         step(f"{cell.method} evaluate")
         with watch(f"ftzs_{cell.method}"):
             ft, _ = cached_eval(run_dir / "evals" / group_dir / f"{cell.method}-ft.npz",
-                                ev(prompts.zs_prefix_ids, result.params))
+                                ev(prompts.zs_prefix_ids, result.params), options.records)
         if not distributed.is_writer():  # the others only joined the collectives
             continue
         ft_results[cell.method] = ft
         with watch(f"metrics_{cell.method}"):
             values = metrics.all_metrics(zs, icl, ft, gold=gold, seed=config.metric_seed)
+            if config.token_wise and metrics.TOKENWISE_KEY not in values["scalar"]:
+                raise JaxiclError(f"{cell.name()}: token-wise SimAOU was asked for but a record of it is missing")
         record = {
             "task": task_name, "model": config.model, "variant": variant, "method": cell.method,
             "seed": seed, "perm": perm, "k": config.k, "k_icl": prompts.k_icl, "n_eval": prompts.n_eval,

@@ -34,7 +34,7 @@ from jaxicl import batch_size, sharding, stage_clock
 from jaxicl.api import bucket, check_ids
 from jaxicl.errors import InputError
 from jaxicl.models.config import ModelConfig
-from jaxicl.models.transformer import TAP_NAMES, KVCache, forward
+from jaxicl.models.transformer import EVERY_POSITION, TAP_NAMES, KVCache, forward
 from jaxicl.transforms import flatten, merge_params, unflatten
 
 Ids = Sequence[int]
@@ -45,7 +45,9 @@ RECORD_TAPS = ("attn_out", "attn_scores", "resid_post")
 class EvalOptions:
     batch_size: int | Literal["auto"] = 16  # query rows per batch; "auto": sized to the device (batch_size.py)
     probe: Literal["label", "last"] = "label"
-    records: tuple[str, ...] = RECORD_TAPS  # any of transformer.TAP_NAMES; () for scores only
+    # any of transformer.TAP_NAMES at the probe, or NAME@all at every query token up to the probe
+    # ([n, L, ..., T], token axis last); () for scores only
+    records: tuple[str, ...] = RECORD_TAPS
     length_multiple: int = 32  # query rows are padded up to a multiple of this
 
 
@@ -79,7 +81,10 @@ def _score(
     score_tok: jax.Array,  # [B, P, C'] target tokens at those positions
     score_mask: jax.Array,  # [B, P] which positions count
 ) -> tuple[jax.Array, dict]:
-    out = forward(params, config, ids, valid=valid, cache=cache, logits_at=score_pos, taps=taps, tap_at=probe)
+    at_probe = tuple(t for t in taps if not t.endswith(EVERY_POSITION))
+    every = tuple(t.removesuffix(EVERY_POSITION) for t in taps if t.endswith(EVERY_POSITION))
+    out = forward(params, config, ids, valid=valid, cache=cache, logits_at=score_pos, taps=at_probe, tap_at=probe,
+                  taps_all=every)  # fmt: skip
     logp = jax.nn.log_softmax(out.logits, axis=-1)  # [B, P, V]
     picked = jnp.take_along_axis(logp, score_tok, axis=-1)  # [B, P, C']
     scores = jnp.sum(picked * score_mask[..., None], axis=1)
@@ -88,6 +93,9 @@ def _score(
         start = 0 if cache is None else cache.length
         records["attn_scores"] = records["attn_scores"][..., start:]
     records = {name: jnp.moveaxis(x, 0, 1) for name, x in records.items()}  # [B, L, ...]
+    for name in records:  # [B, L, T, ...] -> [B, L, ..., T]: the token axis last, as for attention maps
+        if name.endswith(EVERY_POSITION):
+            records[name] = jnp.moveaxis(records[name], 2, -1)
     return scores, records
 
 
@@ -277,7 +285,8 @@ def _score_queries(score, n_models: int, config, prefix, queries, candidates, op
                 for m in range(n_models):
                     for name in taps:
                         rec = got_records[name][m, b]
-                        records[m][name][row.example] = rec[..., : row.probe + 1] if name == "attn_scores" else rec
+                        ragged = name == "attn_scores" or name.endswith(EVERY_POSITION)  # the query's tokens
+                        records[m][name][row.example] = rec[..., : row.probe + 1] if ragged else rec
     return [
         EvalResult(
             scores=scores[m],
@@ -301,9 +310,9 @@ def _check_inputs(
     """Refuse, naming the culprit, what would otherwise fail deep inside jit or silently mis-score."""
     if options.probe not in ("label", "last"):
         raise InputError(f"probe must be 'label' or 'last', got {options.probe!r}")
-    unknown = sorted(set(options.records) - set(TAP_NAMES))
+    unknown = sorted(set(r.removesuffix(EVERY_POSITION) for r in options.records) - set(TAP_NAMES))
     if unknown:
-        raise InputError(f"unknown record name(s) {unknown}; known: {list(TAP_NAMES)}")
+        raise InputError(f"unknown record name(s) {unknown}; known: {list(TAP_NAMES)}, each also as NAME{EVERY_POSITION}")
     for key in ("batch_size", "length_multiple"):
         value = getattr(options, key)
         if key == "batch_size" and value == "auto":

@@ -41,6 +41,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from jaxicl.errors import InputError
+from jaxicl.models.transformer import EVERY_POSITION
 
 COS_EPS = 1e-8  # F.cosine_similarity default
 NORM_EPS = 1e-12  # F.normalize default (the authors' normalize_hidden)
@@ -56,7 +57,8 @@ PER_LAYER_KEYS = (
     "random_simaou_gauss",
 )
 # Table 1 / Table 2's metrics, kept per example in each cell for the report's hierarchical bootstrap
-PER_EXAMPLE_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")
+PER_EXAMPLE_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta", "tokenwise_simaou")
+TOKENWISE_KEY = "tokenwise_simaou"  # in a cell only when its records were asked for (attn_out@all)
 
 
 # ----------------------------------------------------------------------------------- primitives
@@ -198,10 +200,12 @@ def _hiddens(named: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _maps(named: Mapping[str, Any], lengths: Any, lengths_name: str = "lengths") -> tuple[dict, np.ndarray]:
-    """Validated maps cut to the longest valid length (widths may differ by padding only)."""
+def _maps(named: Mapping[str, Any], lengths: Any, lengths_name: str = "lengths",
+          what: str = "attention maps [n, L, H, Q]") -> tuple[dict, np.ndarray]:  # fmt: skip
+    """Validated maps (or any [n, L, X, Q] records with a ragged last axis) cut to the longest
+    valid length (widths may differ by padding only)."""
     arrays = {name: _numeric(name, x) for name, x in named.items()}
-    _same_shape(arrays, 4, "attention maps [n, L, H, Q]; Q may differ by padding", upto=3)
+    _same_shape(arrays, 4, f"{what}; Q may differ by padding", upto=3)
     first = next(iter(arrays.values()))
     width = min(a.shape[-1] for a in arrays.values())
     lengths = _check_lengths(lengths, first.shape[0], width, lengths_name)
@@ -288,6 +292,34 @@ def random_simaou(
     """Per-layer random SimAOU (see random_simaou_per_example); normalized mode by default, as the
     authors computed it."""
     return per_layer_mean(random_simaou_per_example(h_zs, h_icl, seed=seed, dist=dist, normalize=normalize))
+
+
+# ----------------------------------------------------------------------------------- token-wise
+
+
+def tokenwise_simaou_per_example(h_zs: Any, h_icl: Any, h_ft: Any, lengths: Any) -> np.ndarray:
+    """[n, L] IA2's measure: cos(h_icl − h_zs, h_ft − h_zs) of the attention output at every query
+    token (records [n, L, d, Q], icl.py's NAME@all, token axis last), averaged over each example's
+    first lengths[n] tokens: the query's tokens up to and including the probe."""
+    named = {"h_zs": h_zs, "h_icl": h_icl, "h_ft": h_ft}
+    arrays, lengths = _maps(named, lengths, what="token records [n, L, d, Q]")
+    return _tokenwise_checked(*arrays.values(), lengths)
+
+
+def _tokenwise_checked(h_zs: np.ndarray, h_icl: np.ndarray, h_ft: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    out = np.empty(h_zs.shape[:2], np.float64)
+    for s in _chunks(h_zs.shape[0]):
+        zs = np.asarray(h_zs[s], np.float64)
+        per_token = cosine(np.swapaxes(np.asarray(h_icl[s], np.float64) - zs, -1, -2),
+                           np.swapaxes(np.asarray(h_ft[s], np.float64) - zs, -1, -2))  # [n, L, Q]  # fmt: skip
+        mask = _token_mask(lengths[s], per_token.shape[-1])[:, None, :]
+        out[s] = np.where(mask, per_token, 0.0).sum(-1) / lengths[s][:, None]
+    return out
+
+
+def tokenwise_simaou(h_zs: Any, h_icl: Any, h_ft: Any, lengths: Any) -> list[float]:
+    """Per-layer token-wise SimAOU: the mean over examples of `tokenwise_simaou_per_example`."""
+    return per_layer_mean(tokenwise_simaou_per_example(h_zs, h_icl, h_ft, lengths))
 
 
 # ----------------------------------------------------------------------------------- SimAM
@@ -380,6 +412,11 @@ def _field(obj: Any, key: str, setting: str) -> Any:
     return getattr(obj, key)
 
 
+def _has_record(obj: Any, key: str) -> bool:
+    records = obj.get("records") if isinstance(obj, Mapping) else getattr(obj, "records", None)
+    return records is not None and key in records
+
+
 def _record(obj: Any, key: str, setting: str) -> Any:
     records = _field(obj, "records", setting)
     if key not in records:
@@ -444,6 +481,11 @@ def all_metrics(
         "random_simaou": _random_checked(h_zs, h_icl, seed=seed, dist="uniform", normalize=True),
         "random_simaou_gauss": _random_checked(h_zs, h_icl, seed=seed, dist="gauss", normalize=True),
     }
+    token_key = hidden_key + EVERY_POSITION
+    if all(_has_record(r, token_key) for r in results.values()):  # asked for: IA2's token-wise SimAOU
+        tokens = {f"{s}.records[{token_key!r}]": _record(r, token_key, s) for s, r in results.items()}
+        arrays, token_lengths = _maps(tokens, lengths, lengths_name, what="token records [n, L, d, Q]")
+        scores[TOKENWISE_KEY] = _tokenwise_checked(*arrays.values(), token_lengths)
     per_layer = {key: per_layer_mean(v) for key, v in scores.items()}
     both, fixed = rec2ftp_counts(*preds)
     scalar = {key: layer_mean(values) for key, values in per_layer.items()}
@@ -451,7 +493,7 @@ def all_metrics(
     return {
         "per_layer": per_layer,
         "scalar": scalar,
-        "per_example": {key: per_example_mean(scores[key]) for key in PER_EXAMPLE_METRICS},
+        "per_example": {key: per_example_mean(scores[key]) for key in PER_EXAMPLE_METRICS if key in scores},
         "counts": {"n": int(n_h), "rec2ftp_both": both, "rec2ftp_ft_gt_zs": fixed},
     }
 

@@ -130,6 +130,32 @@ def test_a_different_config_is_refused_naming_the_keys(tiny_lm, task_spec, tmp_p
     assert run(_config(task_spec, methods=("gd",), k=5), tmp_path, lm=tiny_lm, quiet=True, force=True)["done"] == 0
 
 
+def test_a_run_directory_from_before_a_config_field_existed_is_still_valid(tiny_lm, task_spec, tmp_path):
+    config = _config(task_spec, methods=("gd",), n_runs=1)
+    run(config, tmp_path, lm=tiny_lm, quiet=True)
+    older = json.loads((tmp_path / "run.json").read_text())
+    del older["token_wise"]  # written before the field existed: it counts as its default
+    (tmp_path / "run.json").write_text(json.dumps(older))
+    assert run(config, tmp_path, lm=tiny_lm, quiet=True)["skipped"] == 1
+    with pytest.raises(JaxiclError, match=r"token_wise: run dir has False, this command True"):
+        run(_config(task_spec, methods=("gd",), n_runs=1, token_wise=True), tmp_path, lm=tiny_lm, quiet=True)
+
+
+def test_token_wise_cells_carry_ia2s_measure_from_the_same_evaluations(tiny_lm, task_spec, tmp_path):
+    from jaxicl import metrics
+
+    run(_config(task_spec, methods=("gd",), n_runs=1, token_wise=True), tmp_path, lm=tiny_lm, quiet=True)
+    cell = json.loads(_cell_files(tmp_path)[0].read_text())
+    assert len(cell["per_layer"]["tokenwise_simaou"]) == tiny_lm.config.n_layers
+    assert len(cell["per_example"]["tokenwise_simaou"]) == cell["n_eval"]
+    names = ("zs", "icl", "gd-ft")
+    evals = {name: experiment._load_result(next((tmp_path / "evals").rglob(f"{name}.npz"))) for name in names}
+    tokens = [evals[name].records["attn_out@all"] for name in names]
+    want = metrics.tokenwise_simaou(*tokens, evals["zs"].map_lengths)
+    _assert_close(cell["per_layer"]["tokenwise_simaou"], want)
+    assert cell["per_layer"]["simaou"] != cell["per_layer"]["tokenwise_simaou"]  # the probe is one token of many
+
+
 def test_corrupt_cell_is_reported_and_recomputed(tiny_lm, task_spec, tmp_path, capsys):
     run(_config(task_spec, methods=("gd",)), tmp_path, lm=tiny_lm, quiet=True)
     victim = _cell_files(tmp_path)[0]

@@ -161,6 +161,24 @@ def test_records_equal_full_forward(model, probe, candidates):
         assert by_prefix["zs"].records[tap].shape == by_prefix["icl"].records[tap].shape
 
 
+@pytest.mark.parametrize("probe", ["label", "last"])
+def test_every_token_records_equal_full_forward_and_the_probe_record(model, probe):
+    """attn_out@all: the attention output at every query token up to the probe, token axis last,
+    taken in the same pass as the probe's records (its last valid token is the probe record)."""
+    config, params = model
+    options = EvalOptions(batch_size=4, probe=probe, records=("attn_out", "attn_out@all"))
+    result = evaluate(params, config, ICL_PREFIX, QUERIES, SINGLE, options)
+    _, taps = _full(config, params, [ICL_PREFIX + q + list(SINGLE[0]) for q in QUERIES])
+    tokens = result.records["attn_out@all"]  # [n, L, d, Q]
+    assert tokens.shape == (len(QUERIES), config.n_layers, config.d_model, int(result.map_lengths.max()))
+    for n, q in enumerate(QUERIES):
+        length = int(result.map_lengths[n])
+        want = np.moveaxis(taps["attn_out"][n, :, len(ICL_PREFIX) : len(ICL_PREFIX) + length], 1, -1)
+        _assert_close(tokens[n, ..., :length], want, RECORD_TOL, f"attn_out@all ex {n}")
+        np.testing.assert_array_equal(tokens[n, ..., length - 1], result.records["attn_out"][n])
+        assert not tokens[n, ..., length:].any(), "padding must be zeros"
+
+
 def test_label_probe_is_candidate_zero_first_token(model):
     """Probe "label" sits one past the query: its resid_pre is the embedding of candidate 0's first token."""
     config, params = model

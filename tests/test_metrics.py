@@ -339,16 +339,41 @@ def test_all_metrics_schema_and_values():
     both, fixed = M.rec2ftp_counts(zs.predictions, icl.predictions, ft.predictions, gold)
     assert got["counts"] == {"n": 5, "rec2ftp_both": both, "rec2ftp_ft_gt_zs": fixed}
     # per example (for the bootstrap): their mean is the scalar, and each is that example's own value
-    assert set(got["per_example"]) == set(M.PER_EXAMPLE_METRICS)
+    assert set(got["per_example"]) == set(M.PER_EXAMPLE_METRICS) - {M.TOKENWISE_KEY}  # not asked for
     for key, values in got["per_example"].items():
         assert len(values) == 5 and np.mean(values) == pytest.approx(got["scalar"][key], abs=1e-12)
     first = fake_results()[0]
     alone = [{"records": {k: v[2:3] for k, v in r.records.items()}, "map_lengths": r.map_lengths[2:3],
               "predictions": r.predictions[2:3]} for r in first]  # fmt: skip
     by_itself = M.all_metrics(*alone, gold=gold[2:3], seed=2)
-    for key in M.PER_EXAMPLE_METRICS:
+    for key in got["per_example"]:
         assert got["per_example"][key][2] == pytest.approx(by_itself["scalar"][key], abs=1e-12)
     json.dumps(got, allow_nan=False)
+
+
+def test_tokenwise_simaou_by_hand():
+    # one example, one layer, d = 2, three token slots of which two are the query's
+    zs = np.zeros((1, 1, 2, 3))
+    icl = np.array([[[[1.0, 1.0, np.nan], [0.0, 0.0, np.nan]]]])  # token 0: (1, 0); token 1: (1, 0)
+    ft = np.array([[[[2.0, 0.0, 5.0], [0.0, 3.0, 5.0]]]])  # token 0: (2, 0) -> cos 1; token 1: (0, 3) -> cos 0
+    assert M.tokenwise_simaou_per_example(zs, icl, ft, [2]).tolist() == [[0.5]]
+    assert M.tokenwise_simaou(zs, icl, ft, [1]) == [1.0]  # only the first token counts
+    with pytest.raises(InputError, match="h_icl: non-finite value"):
+        M.tokenwise_simaou(zs, icl, ft, [3])  # the NaN slot is now a query token
+    with pytest.raises(InputError, match=r"token records \[n, L, d, Q\]"):
+        M.tokenwise_simaou(zs[0], icl[0], ft[0], [2])
+
+
+def test_all_metrics_adds_tokenwise_simaou_when_its_records_are_there():
+    (zs, icl, ft), gold = fake_results(kind="dict")
+    rng = np.random.default_rng(5)
+    q = zs["records"]["attn_scores"].shape[-1]
+    for r in (zs, icl, ft):
+        r["records"]["attn_out@all"] = rng.standard_normal((5, 3, 8, q)).astype(np.float32)
+    got = M.all_metrics(zs, icl, ft, gold=gold, seed=0)
+    want = M.tokenwise_simaou(*(r["records"]["attn_out@all"] for r in (zs, icl, ft)), zs["map_lengths"])
+    assert got["per_layer"][M.TOKENWISE_KEY] == pytest.approx(want)
+    assert np.mean(got["per_example"][M.TOKENWISE_KEY]) == pytest.approx(got["scalar"][M.TOKENWISE_KEY])
 
 
 def test_all_metrics_accepts_dicts_and_is_deterministic():

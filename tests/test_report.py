@@ -1,4 +1,4 @@
-"""report.py on synthetic run directories: statistics, emphasis, exclusion of bad cells, plots, determinism."""
+"""jaxicl/report/ on synthetic run directories: statistics, emphasis, exclusion of bad cells, plots, determinism."""
 
 from __future__ import annotations
 

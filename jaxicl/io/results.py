@@ -31,14 +31,16 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     return path
 
 
-def write_config(path: str | os.PathLike, config: dict, force: bool = False) -> None:
+def write_config(path: str | os.PathLike, config: dict, force: bool = False, defaults: dict | None = None) -> None:
     """Write a directory's config file, or refuse (naming each differing key) when the file already
-    there was written by another config: a resumed run must never mix two configs' results."""
+    there was written by another config: a resumed run must never mix two configs' results.
+
+    defaults: a key the file lacks counts as this value (a field added since the file was written)."""
     from jaxicl.errors import JaxiclError
 
     path = Path(path)
     if path.exists() and not force:
-        theirs = json.loads(path.read_text())
+        theirs = (defaults or {}) | json.loads(path.read_text())
         differing = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
         if differing:
             details = "; ".join(f"{k}: run dir has {theirs.get(k)!r}, this command {config.get(k)!r}" for k in differing)

@@ -34,6 +34,7 @@ TAP_NAMES = (
     "mlp_out",  # MLP output before any post-norm/residual
     "resid_post",  # block output
 )
+EVERY_POSITION = "@all"  # suffix of a tap recorded at every position beside the probe (`taps_all`)
 
 
 @flax.struct.dataclass
@@ -57,7 +58,7 @@ class KVCache:
 class ForwardOutput:
     logits: Array | None  # [B, P, V] at logits_at (or [B, T, V] for every position)
     cache: KVCache  # keys/values of the cache plus this chunk
-    taps: dict  # name -> [L, B, ...] (probe position) or [L, B, T, ...] (every position)
+    taps: dict  # name -> [L, B, ...] (probe position) or [L, B, T, ...] (every position; also name@all)
 
 
 def _broadcast_batch(x: Array, batch: int) -> Array:
@@ -112,6 +113,7 @@ def _block(
     cache_kv: tuple[Array, Array] | None,
     taps: Sequence[str],
     tap_at: Array | None,
+    taps_all: Sequence[str] = (),
 ) -> tuple[Array, tuple[Array, Array], dict]:
     """One transformer block; returns the new residual, this chunk's (k, v) and the records."""
     b, t, _ = x.shape
@@ -133,7 +135,7 @@ def _block(
     heads, scores = layers.attention(q, k_all, v_all, mask, config)
     attn_out = layers.linear(heads.reshape(b, t, -1), p["o"])
     rec.update(q=q, k=k, v=v, attn_out=attn_out)
-    if "attn_scores" in taps:
+    if "attn_scores" in taps or "attn_scores" in taps_all:
         rec["attn_scores"] = jnp.moveaxis(scores, 1, 2)  # [B, T, H, S]
     if config.post_norms:
         attn_out = layers.norm(attn_out, p["post_attn_norm"], config)
@@ -145,7 +147,9 @@ def _block(
         mlp_out = layers.norm(mlp_out, p["post_mlp_norm"], config)
     x = x + mlp_out
     rec["resid_post"] = x
-    return x, (k, v), {name: _take_rows(rec[name], tap_at) for name in taps if name != "resid_pre"}
+    out = {name: _take_rows(rec[name], tap_at) for name in taps if name != "resid_pre"}
+    out |= {name + EVERY_POSITION: rec[name] for name in taps_all if name != "resid_pre"}
+    return x, (k, v), out
 
 
 def forward(
@@ -159,6 +163,7 @@ def forward(
     logits_at: Array | str | None = "all",
     taps: Sequence[str] = (),
     tap_at: Array | None = None,
+    taps_all: Sequence[str] = (),
     block_input_transform: BlockInputTransform | None = None,
 ) -> ForwardOutput:
     """Run the model on token ids [B, T].
@@ -167,8 +172,10 @@ def forward(
     valid: [B, T] False on padding (padding keys are never attended to).
     logits_at: "all" for every position, None for no logits, or int [B, P] positions per row.
     taps: names from TAP_NAMES; tap_at: int [B] probe position per row, or None for all positions.
+    taps_all: names also recorded at every position of the chunk, under name + EVERY_POSITION, in
+    the same pass as the probe's (e.g. token-wise similarity beside the probe's records).
     """
-    unknown = set(taps) - set(TAP_NAMES)
+    unknown = (set(taps) | set(taps_all)) - set(TAP_NAMES)
     if unknown:
         raise ValueError(f"unknown taps {sorted(unknown)}; known: {TAP_NAMES}")
     b, t = ids.shape
@@ -202,6 +209,8 @@ def forward(
         rec = {}
         if "resid_pre" in taps:
             rec["resid_pre"] = _take_rows(x, tap_at)
+        if "resid_pre" in taps_all:
+            rec["resid_pre" + EVERY_POSITION] = x
         if block_input_transform is not None:
             x = block_input_transform(x, layer)
         cos_sin = None
@@ -210,7 +219,7 @@ def forward(
             cos_sin = (jnp.where(local, lc, gc), jnp.where(local, ls, gs))
         mask = jnp.where(local, local_mask, causal)
         out, new_kv, block_rec = _block(
-            config, p, x, cos_sin=cos_sin, mask=mask, cache_kv=kv, taps=taps, tap_at=tap_at
+            config, p, x, cos_sin=cos_sin, mask=mask, cache_kv=kv, taps=taps, tap_at=tap_at, taps_all=taps_all
         )
         rec.update(block_rec)
         return out.astype(x.dtype), (new_kv, rec)  # mixed-precision params keep the carry's dtype

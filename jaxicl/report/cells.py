@@ -1,0 +1,399 @@
+"""Reading and validating the files of a run directory, so that nothing malformed reaches a number.
+
+Input: RUN_DIR/run.json (the run's config, opaque here) and RUN_DIR/cells/**/*.json, one results
+file per (task, variant, method, seed, perm) in design.md's schema; for the time per stage, the
+runner's RUN_DIR/seconds/**/*.json and RUN_DIR/timing.json when present; `jaxicl tune`'s
+RUN_DIR/lr_selection.json when present.
+
+- A cell file that is not valid JSON, lacks a required key, holds a malformed or non-finite value,
+  disagrees with its path, duplicates another cell, or has another layer count than the run's
+  other cells is listed under "Problems" and excluded from every number.
+- A seconds file or timing.json that is not valid JSON, holds an unknown stage or a value that is
+  not a finite number ≥ 0, or (seconds) lies off the runner's path layout is listed under
+  "Problems" too and left out of the time per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxicl.metrics import PER_LAYER_KEYS
+from jaxicl.report.names import ACCURACY_KEYS, METHODS, STAGE_KEYS, TABLE_METRICS, TIMING_KEYS
+
+# ----------------------------------------------------------------------------- results cells
+
+
+class Problem(NamedTuple):
+    """A file the report could not use, and why (shown in report.md)."""
+
+    path: str
+    reason: str
+
+
+class CellError(ValueError):
+    """A cell file that must not be averaged in."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One validated results file; `path` is relative to the run directory."""
+
+    path: str
+    task: str
+    variant: str
+    method: str
+    seed: int
+    perm: int
+    model: str | None
+    n_eval: int | None
+    k_icl: int | None
+    accuracy: Mapping[str, float]
+    per_layer: Mapping[str, tuple[float, ...]]
+    scalar: Mapping[str, float | None]
+    alpha: float | None
+    alpha_per_layer: tuple[float, ...] | None
+    grad_norms: Mapping[str, np.ndarray] | None
+
+    @property
+    def run(self) -> tuple[int, int]:
+        return (self.seed, self.perm)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.per_layer[TABLE_METRICS[0]])
+
+    def value(self, metric: str) -> float | None:
+        """Layer-mean of a metric: the stored scalar, else the mean of its per-layer list."""
+        if self.scalar.get(metric) is not None:
+            return self.scalar[metric]
+        if metric in self.per_layer:
+            return float(np.mean(self.per_layer[metric]))
+        return None
+
+
+_CELL_NAME = re.compile(r"^(?P<method>[^/]+)-seed(?P<seed>-?\d+)-perm(?P<perm>-?\d+)\.json$")
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _need(obj: Mapping[str, Any], key: str, where: str = "") -> Any:
+    if key not in obj:
+        raise CellError(f"missing key {where}{key!r}")
+    return obj[key]
+
+
+def _str_field(obj: Mapping[str, Any], key: str) -> str:
+    value = _need(obj, key)
+    if not isinstance(value, str) or not value:
+        raise CellError(f"{key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int_field(obj: Mapping[str, Any], key: str, required: bool = True) -> int | None:
+    if not required and obj.get(key) is None:
+        return None
+    value = _need(obj, key)
+    if not _is_int(value):
+        raise CellError(f"{key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _dict_field(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = _need(obj, key)
+    if not isinstance(value, dict):
+        raise CellError(f"{key!r} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _num_list(value: Any, where: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value or not all(_is_num(v) for v in value):
+        raise CellError(f"{where} must be a non-empty list of finite numbers")
+    return tuple(float(v) for v in value)
+
+
+def _parse_accuracy(obj: Mapping[str, Any]) -> dict[str, float]:
+    acc = _dict_field(obj, "accuracy")
+    out = {}
+    for key in ACCURACY_KEYS:
+        value = _need(acc, key, "accuracy.")
+        if not _is_num(value) or not 0.0 <= value <= 1.0:
+            raise CellError(f"accuracy.{key} must be a fraction in [0, 1], got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _parse_per_layer(obj: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
+    """Required table metrics plus any known optional ones, all with one value per layer."""
+    raw = _dict_field(obj, "per_layer")
+    for key in TABLE_METRICS:
+        _need(raw, key, "per_layer.")
+    out = {key: _num_list(raw[key], f"per_layer.{key}") for key in PER_LAYER_KEYS if key in raw}
+    lengths = {key: len(v) for key, v in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise CellError(f"per_layer lists differ in length: {lengths}")
+    return out
+
+
+def _parse_scalar(obj: Mapping[str, Any]) -> dict[str, float | None]:
+    raw = _dict_field(obj, "scalar")
+    for key in TABLE_METRICS:
+        _need(raw, key, "scalar.")
+    out: dict[str, float | None] = {}
+    for key in (*PER_LAYER_KEYS, "rec2ftp"):
+        if key not in raw:
+            continue
+        value = raw[key]
+        if value is None and key == "rec2ftp":  # undefined when FT fixed no example
+            out[key] = None
+        elif _is_num(value):
+            out[key] = float(value)
+        else:
+            raise CellError(f"scalar.{key} must be a finite number, got {value!r}")
+    rec = out.get("rec2ftp")
+    if rec is not None and not 0.0 <= rec <= 100.0:
+        raise CellError(f"scalar.rec2ftp must be a percentage in [0, 100], got {rec!r}")
+    return out
+
+
+def _parse_alpha(obj: Mapping[str, Any], n_layers: int) -> tuple[float | None, tuple[float, ...] | None]:
+    """α as the brief's {"per_layer": [...], "scalar": x} or alpha_metrics' {"…": {"alpha": …}}."""
+    raw = obj.get("alpha")
+    if raw is None:
+        return None, None
+    if not isinstance(raw, dict):
+        raise CellError("'alpha' must be an object")
+    scalar, per_layer = raw.get("scalar"), raw.get("per_layer")
+    scalar = scalar.get("alpha") if isinstance(scalar, dict) else scalar
+    per_layer = per_layer.get("alpha") if isinstance(per_layer, dict) else per_layer
+    layers = None if per_layer is None else _num_list(per_layer, "alpha.per_layer")
+    if layers is not None and len(layers) != n_layers:
+        raise CellError(f"alpha.per_layer has {len(layers)} layers, per_layer has {n_layers}")
+    if scalar is None:
+        if layers is None:
+            raise CellError("'alpha' has neither a scalar nor a per-layer list")
+        return float(np.mean(layers)), layers
+    if not _is_num(scalar):
+        raise CellError(f"alpha.scalar must be a finite number, got {scalar!r}")
+    return float(scalar), layers
+
+
+def _parse_grad_norms(obj: Mapping[str, Any], n_layers: int) -> dict[str, np.ndarray] | None:
+    """{"kv"|"all": steps × layers} of non-negative norms."""
+    raw = obj.get("grad_norms")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise CellError("'grad_norms' must be a non-empty object")
+    out = {}
+    for key in sorted(raw):
+        steps = raw[key]
+        if not isinstance(steps, list) or not steps:
+            raise CellError(f"grad_norms.{key} must be a non-empty list of steps")
+        rows = [_num_list(step, f"grad_norms.{key} step") for step in steps]
+        if any(len(r) != n_layers for r in rows) or any(v < 0 for r in rows for v in r):
+            raise CellError(f"grad_norms.{key}: every step needs {n_layers} non-negative layer norms")
+        out[key] = np.asarray(rows, np.float64)
+    return out
+
+
+def parse_cell(obj: Any, path: str) -> Cell:
+    """A validated Cell from one decoded JSON file; CellError says what is wrong."""
+    if not isinstance(obj, dict):
+        raise CellError(f"top level must be an object, got {type(obj).__name__}")
+    method = _str_field(obj, "method")
+    if method not in METHODS:
+        raise CellError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    model = obj.get("model")
+    per_layer = _parse_per_layer(obj)
+    n_layers = len(per_layer[TABLE_METRICS[0]])
+    alpha, alpha_layers = _parse_alpha(obj, n_layers)
+    return Cell(
+        path=path,
+        task=_str_field(obj, "task"),
+        variant=_str_field(obj, "variant"),
+        method=method,
+        seed=_int_field(obj, "seed"),
+        perm=_int_field(obj, "perm"),
+        model=model if isinstance(model, str) else None,
+        n_eval=_int_field(obj, "n_eval", required=False),
+        k_icl=_int_field(obj, "k_icl", required=False),
+        accuracy=_parse_accuracy(obj),
+        per_layer=per_layer,
+        scalar=_parse_scalar(obj),
+        alpha=alpha,
+        alpha_per_layer=alpha_layers,
+        grad_norms=_parse_grad_norms(obj, n_layers),
+    )
+
+
+def _check_path(cell: Cell) -> None:
+    """cells/<task>/<variant>/<method>-seed<s>-perm<p>.json must agree with the file's content."""
+    parts = Path(cell.path).parts
+    match = _CELL_NAME.match(parts[-1]) if len(parts) == 4 and parts[0] == "cells" else None
+    if match is None:
+        return
+    expected = {"task": parts[1], "variant": parts[2], "method": match["method"],
+                "seed": int(match["seed"]), "perm": int(match["perm"])}
+    wrong = [f"{k}={getattr(cell, k)!r} but path says {v!r}" for k, v in expected.items() if getattr(cell, k) != v]
+    if wrong:
+        raise CellError("content disagrees with path: " + "; ".join(wrong))
+
+
+def _read_cell(path: Path, rel: str) -> Cell:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CellError(f"not valid JSON ({type(e).__name__}: {e})") from e
+    cell = parse_cell(obj, rel)
+    _check_path(cell)
+    return cell
+
+
+def _drop_odd_layer_counts(cells: list[Cell], problems: list[Problem]) -> list[Cell]:
+    """Keep the cells with the run's most common layer count (ties: the first seen in path order)."""
+    if not cells:
+        return cells
+    counts = Counter(c.n_layers for c in cells)
+    top = max(counts.values())
+    majority = next(c.n_layers for c in cells if counts[c.n_layers] == top)
+    for c in cells:
+        if c.n_layers != majority:
+            problems.append(Problem(c.path, f"{c.n_layers} layers, the run's other cells have {majority}"))
+    return [c for c in cells if c.n_layers == majority]
+
+
+def load_cells(run_dir: str | Path) -> tuple[list[Cell], list[Problem]]:
+    """Every usable cell under RUN_DIR/cells (any depth), sorted by path, and the files left out.
+
+    Nothing that fails validation is returned, so no table can average a broken file in."""
+    run_dir = Path(run_dir)
+    cells: list[Cell] = []
+    problems: list[Problem] = []
+    seen: dict[tuple, str] = {}
+    for path in sorted((run_dir / "cells").glob("**/*.json"), key=lambda p: p.relative_to(run_dir).as_posix()):
+        rel = path.relative_to(run_dir).as_posix()
+        if not path.is_file():
+            continue
+        try:
+            cell = _read_cell(path, rel)
+        except CellError as e:
+            problems.append(Problem(rel, str(e)))
+            continue
+        key = (cell.task, cell.variant, cell.method, cell.seed, cell.perm)
+        if key in seen:
+            problems.append(Problem(rel, f"duplicate of {seen[key]} (same task/variant/method/seed/perm)"))
+            continue
+        seen[key] = rel
+        cells.append(cell)
+    return _drop_odd_layer_counts(cells, problems), problems
+
+
+# ----------------------------------------------------------------------------- run.json
+
+
+def load_run_config(run_dir: str | Path) -> tuple[dict[str, Any], list[Problem]]:
+    """run.json as a dict ({} with a Problem when it is missing or unreadable)."""
+    path = Path(run_dir) / "run.json"
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, [Problem("run.json", "missing")]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return {}, [Problem("run.json", f"not valid JSON ({type(e).__name__}: {e})")]
+    if not isinstance(obj, dict):
+        return {}, [Problem("run.json", f"top level must be an object, got {type(obj).__name__}")]
+    return obj, []
+
+
+# ----------------------------------------------------------------------------- time per stage
+
+Group = tuple[str, str, int, int]  # (task, variant, seed, perm)
+
+
+def _read_seconds(path: Path, rel: str) -> tuple[Group, dict[str, float]]:
+    """seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json → its group and stopwatch dict."""
+    parts = Path(rel).parts
+    match = _CELL_NAME.match(parts[-1]) if len(parts) == 4 and parts[0] == "seconds" else None
+    if match is None:
+        raise CellError("path is not seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CellError(f"not valid JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or not obj:
+        raise CellError("top level must be a non-empty object of stage → seconds")
+    for key in sorted(obj):
+        if key not in STAGE_KEYS:
+            raise CellError(f"unknown stage {key!r} (known: {', '.join(sorted(STAGE_KEYS))})")
+        if not _is_num(obj[key]) or obj[key] < 0:
+            raise CellError(f"{key!r} must be a finite number of seconds ≥ 0, got {obj[key]!r}")
+    return (parts[1], parts[2], int(match["seed"]), int(match["perm"])), {k: float(v) for k, v in obj.items()}
+
+
+def load_stage_seconds(run_dir: str | Path) -> tuple[dict[Group, dict[str, float]], list[Problem]]:
+    """Stopwatch seconds per group, and the files left out ({} when there is no seconds/ folder).
+
+    The runner's stopwatch is cumulative within a group (a group's second file repeats the first
+    one's stages), so a group's files are merged by each stage's maximum, never added."""
+    run_dir = Path(run_dir)
+    groups: dict[Group, dict[str, float]] = {}
+    problems: list[Problem] = []
+    for path in sorted((run_dir / "seconds").glob("**/*.json"), key=lambda p: p.relative_to(run_dir).as_posix()):
+        rel = path.relative_to(run_dir).as_posix()
+        if not path.is_file():
+            continue
+        try:
+            group, seconds = _read_seconds(path, rel)
+        except CellError as e:
+            problems.append(Problem(rel, str(e)))
+            continue
+        merged = groups.setdefault(group, {})
+        for key, value in seconds.items():
+            merged[key] = max(merged.get(key, 0.0), value)
+    return groups, problems
+
+
+def load_timing(run_dir: str | Path) -> tuple[dict[str, float], list[Problem]]:
+    """timing.json's load_s and total_s ({} when absent; {} and a Problem when malformed)."""
+    try:
+        obj = json.loads((Path(run_dir) / "timing.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return {}, [Problem("timing.json", f"not valid JSON ({type(e).__name__}: {e})")]
+    if not isinstance(obj, dict) or not all(_is_num(obj.get(k)) and obj[k] >= 0 for k in TIMING_KEYS):
+        return {}, [Problem("timing.json", "must be an object with finite numbers ≥ 0 'load_s' and 'total_s'")]
+    return {k: float(obj[k]) for k in TIMING_KEYS}, []
+
+
+# ----------------------------------------------------------------------------- learning-rate selection
+
+
+def load_lr_selection(run_dir: Path) -> tuple[dict | None, list[Problem]]:
+    """RUN_DIR/lr_selection.json (`jaxicl tune`), or None when the run has none."""
+    path = run_dir / "lr_selection.json"
+    if not path.exists():
+        return None, []
+    try:
+        data = json.loads(path.read_text())
+        for name, entry in data["tasks"].items():
+            for key in ("rates", "chosen", "zero_shot_accuracy", "selected_on"):
+                _need(entry, key, f"task {name}")
+        return data, []
+    except (OSError, ValueError, KeyError, TypeError, CellError) as e:
+        return None, [Problem("lr_selection.json", f"unreadable, left out: {e}")]

@@ -1,0 +1,46 @@
+"""Names shared by every module of the report: methods, metrics, tasks, variants and runner
+stages, with the labels report.md shows for them."""
+
+from __future__ import annotations
+
+METHODS = ("gd", "lcgd")
+METHOD_LABELS = {"gd": "GD", "lcgd": "LCGD"}
+TABLE_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")  # required in every cell
+METRIC_LABELS = {
+    "simaou_norm": "SimAOU_norm",
+    "simaou": "SimAOU",
+    "simam": "SimAM",
+    "simam_delta": "SimAM_Δ",
+    "zsl_simam": "ZSL SimAM",
+    "random_simaou": "Random SimAOU U[0,1)",
+    "random_simaou_gauss": "Random SimAOU Gaussian",
+}
+RANDOM_KEYS = ("random_simaou", "random_simaou_gauss")
+PAPER_TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
+TASK_LABELS = {"sst2": "SST2", "sst5": "SST5", "mr": "MR", "subj": "Subj", "agnews": "AGNews", "cb": "CB"}
+VARIANTS = ("trained", "trained-embeddings", "no-training", "no-training-keep-norms")
+VARIANT_LABELS = {
+    "trained": "Trained",
+    "trained-embeddings": "Trained Embeddings",
+    "no-training": "No Training",
+    "no-training-keep-norms": "No Training (keep norms)",
+}
+ACCURACY_KEYS = ("zs", "icl", "ft")
+TABLE1_METRICS = ("simaou", "simam_delta", "simaou_norm")  # the last one is extra (paper-spec §10.3)
+
+
+# ----------------------------------------------------------------------------- runner stages
+
+# (report column, CSV stage, the runner's stopwatch keys summed into it; see experiment.run_group)
+STAGES = (
+    ("prompts", "prompts", ("prompts",)),
+    ("zero-shot", "zero_shot", ("zero_shot",)),
+    ("ICL", "icl", ("icl",)),
+    ("finetune GD", "finetune_gd", ("finetune_gd",)),
+    ("finetune LCGD", "finetune_lcgd", ("finetune_lcgd",)),
+    ("evaluate GD-finetuned", "evaluate_gd", ("ftzs_gd",)),
+    ("evaluate LCGD-finetuned", "evaluate_lcgd", ("ftzs_lcgd",)),
+    ("metrics", "metrics", ("metrics_gd", "metrics_lcgd")),
+)
+STAGE_KEYS = frozenset(k for _, _, keys in STAGES for k in keys)
+TIMING_KEYS = ("load_s", "total_s")

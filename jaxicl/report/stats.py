@@ -1,0 +1,169 @@
+"""Statistics: every number the report's tables and plots show, computed from validated cells.
+
+Conventions (paper-spec §8.11, §9):
+- A "run" is one (seed, perm); statistics are over runs: mean and sample std (ddof=1); with one
+  run the std is undefined and printed "—", never 0.
+- "Average" = mean over tasks of the per-task means (the paper's Avg column); it is marked "*"
+  when a row lacks some of the table's tasks.
+- zs/icl accuracies and the random baselines do not depend on the finetuning method, so the GD and
+  LCGD cells of one run are averaged into one value per run before the statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from jaxicl.report.cells import Cell, Group
+from jaxicl.report.names import (
+    METHODS,
+    PAPER_TASKS,
+    RANDOM_KEYS,
+    STAGES,
+    TABLE1_METRICS,
+    TABLE_METRICS,
+    VARIANTS,
+)
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (ddof=1; None for a single value) of n values."""
+
+    mean: float
+    std: float | None
+    n: int
+
+
+def mean_std(values: Iterable[float]) -> Stat | None:
+    """The paper's cross-run aggregation (paper-spec §8.11); None when there is nothing to average."""
+    arr = np.asarray(list(values), np.float64)
+    if arr.size == 0:
+        return None
+    std = float(np.std(arr, ddof=1)) if arr.size > 1 else None
+    return Stat(float(np.mean(arr)), std, int(arr.size))
+
+
+def select(cells: Iterable[Cell], **where: str) -> list[Cell]:
+    """Cells whose attributes equal every given value, e.g. select(cells, variant="trained")."""
+    return [c for c in cells if all(getattr(c, k) == v for k, v in where.items())]
+
+
+def per_run(cells: Iterable[Cell], get: Callable[[Cell], float | None]) -> list[float]:
+    """One value per (seed, perm): the mean over that run's cells (GD and LCGD share zs/icl)."""
+    by_run: dict[tuple[int, int], list[float]] = {}
+    for c in cells:
+        value = get(c)
+        if value is not None:
+            by_run.setdefault(c.run, []).append(value)
+    return [float(np.mean(by_run[r])) for r in sorted(by_run)]
+
+
+def metric_stat(cells: Sequence[Cell], metric: str) -> Stat | None:
+    return mean_std(v for c in cells if (v := c.value(metric)) is not None)
+
+
+def task_average(stats: Mapping[str, Stat | None]) -> tuple[float | None, int]:
+    """Mean over tasks of the per-task means (the paper's Average column), and how many tasks."""
+    means = [s.mean for s in stats.values() if s is not None]
+    return (float(np.mean(means)) if means else None), len(means)
+
+
+def order_tasks(tasks: Iterable[str]) -> list[str]:
+    """The paper's task order, then any other task alphabetically."""
+    tasks = set(tasks)
+    return [t for t in PAPER_TASKS if t in tasks] + sorted(tasks - set(PAPER_TASKS))
+
+
+def order_variants(variants: Iterable[str]) -> list[str]:
+    variants = set(variants)
+    return [v for v in VARIANTS if v in variants] + sorted(variants - set(VARIANTS))
+
+
+# ----------------------------------------------------------------------------- the tables' numbers
+
+
+def table2_stats(cells: Sequence[Cell], tasks: Sequence[str]) -> dict[tuple[str, str], dict[str, Stat | None]]:
+    """(metric, method) → task → Stat over runs, trained variant."""
+    trained = select(cells, variant="trained")
+    return {
+        (metric, method): {t: metric_stat(select(trained, method=method, task=t), metric) for t in tasks}
+        for metric in TABLE_METRICS
+        for method in METHODS
+    }
+
+
+def table1_stats(cells: Sequence[Cell], tasks: Sequence[str]) -> dict[tuple[str, str], dict[str, Stat | None]]:
+    """(metric, variant) → task → Stat over runs, GD only, for the variants present."""
+    gd = select(cells, method="gd")
+    variants = order_variants(c.variant for c in gd)
+    return {
+        (metric, variant): {t: metric_stat(select(gd, variant=variant, task=t), metric) for t in tasks}
+        for metric in TABLE1_METRICS
+        for variant in variants
+    }
+
+
+def accuracy_stats(cells: Sequence[Cell]) -> dict[str, Stat | None]:
+    """zs/icl (one value per run), FT per method, Rec2FTP per method (runs where it is defined)."""
+    out = {
+        "zs": mean_std(per_run(cells, lambda c: c.accuracy["zs"])),
+        "icl": mean_std(per_run(cells, lambda c: c.accuracy["icl"])),
+    }
+    for method in METHODS:
+        mine = select(cells, method=method)
+        out[f"ft_{method}"] = mean_std(c.accuracy["ft"] for c in mine)
+        out[f"rec2ftp_{method}"] = mean_std(c.scalar["rec2ftp"] for c in mine if c.scalar.get("rec2ftp") is not None)
+    return out
+
+
+def random_stats(cells: Sequence[Cell], tasks: Sequence[str], variant: str) -> dict[str, dict[str, Stat | None]]:
+    """key → task → Stat over runs (GD and LCGD cells of a run share the ICL update)."""
+    mine = select(cells, variant=variant)
+    return {key: {t: mean_std(per_run(select(mine, task=t), lambda c, k=key: c.value(k))) for t in tasks}
+            for key in RANDOM_KEYS}
+
+
+def alpha_stats(cells: Sequence[Cell], tasks: Sequence[str]) -> dict[str, Stat | None]:
+    """α per task over runs, from the trained LCGD cells that carry it."""
+    lcgd = select(cells, variant="trained", method="lcgd")
+    return {t: mean_std(c.alpha for c in select(lcgd, task=t) if c.alpha is not None) for t in tasks}
+
+
+# ----------------------------------------------------------------------------- per-layer curves
+
+
+def layer_curve(cells: Sequence[Cell], metric: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Mean and std (ddof=1) over runs of a per-layer metric; None when no cell has it."""
+    curves = [c.per_layer[metric] for c in cells if metric in c.per_layer]
+    if not curves:
+        return None
+    arr = np.asarray(curves, np.float64)
+    return arr.mean(axis=0), (arr.std(axis=0, ddof=1) if len(curves) > 1 else None)
+
+
+def task_mean_curve(cells: Sequence[Cell], metric: str, tasks: Sequence[str]) -> np.ndarray | None:
+    """Mean over tasks of the per-task mean curves (equal task weights, like the Average column)."""
+    curves = [c[0] for t in tasks if (c := layer_curve(select(cells, task=t), metric)) is not None]
+    return np.mean(np.asarray(curves), axis=0) if curves else None
+
+
+# ----------------------------------------------------------------------------- time per stage
+
+
+def stage_totals(groups: Mapping[Group, Mapping[str, float]]) -> dict[str, dict[str, float | int | None]]:
+    """variant → {"groups", each CSV stage (summed over groups; None when no group has it), "total",
+    "mean_per_group"}."""
+    out = {}
+    for variant in order_variants(g[1] for g in groups):
+        mine = [s for g, s in groups.items() if g[1] == variant]
+        row: dict[str, float | int | None] = {"groups": len(mine)}
+        for _, name, keys in STAGES:
+            values = [s[k] for s in mine for k in keys if k in s]
+            row[name] = math.fsum(values) if values else None
+        total = math.fsum(s[k] for s in mine for k in s)
+        row.update(total=total, mean_per_group=total / len(mine))
+        out[variant] = row
+    return out

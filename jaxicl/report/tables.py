@@ -1,0 +1,318 @@
+"""The report's tables: Table 2, Table 1, accuracy, random baselines, time per stage and
+learning-rate selection. Each has its report.md section (`*_section`), its markdown table
+(`render_*`) and its tidy CSV rows, one number per row at full precision (`*_csv_rows`).
+
+Bold = the higher of GD/LCGD (Table 2; the paper bolds the higher for every metric, SimAM too)
+or the highest variant (Table 1, where both of the top two are underlined when they are within
+0.01 at 2 decimals, the paper's caption rule). Ties at full precision bold both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxicl.metrics import PER_LAYER_KEYS
+from jaxicl.report.cells import Cell
+from jaxicl.report.figures import plot_lr_selection
+from jaxicl.report.fmt import MISSING, fmt_num, fmt_stat, md_table, stat_cols, task_label, variant_label, write_csv
+from jaxicl.report.names import METHODS, METRIC_LABELS, STAGES, TIMING_KEYS
+from jaxicl.report.paper import (
+    PAPER_RANDOM_SIMAOU,
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    PAPER_TABLE2_AVG,
+    render_dai_accuracy,
+    render_paper_table1,
+    render_paper_table2,
+    table1_rows,
+    table2_rows,
+)
+from jaxicl.report.stats import (
+    Stat,
+    accuracy_stats,
+    layer_curve,
+    random_stats,
+    select,
+    table1_stats,
+    table2_stats,
+    task_average,
+)
+
+# ----------------------------------------------------------------------------- Table 2
+
+
+def _runs_line(cells: Sequence[Cell], tasks: Sequence[str]) -> str:
+    trained = select(cells, variant="trained")
+    parts = [f"{task_label(t)} {'/'.join(str(len(select(trained, task=t, method=m))) for m in METHODS)}"
+             for t in tasks]
+    return "Runs per task (GD/LCGD): " + ", ".join(parts) + "."
+
+
+def table2_section(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[list[str], dict]:
+    stats = table2_stats(cells, tasks)
+    lines = ["## Table 2: GD vs LCGD (trained model)", ""]
+    if not select(cells, variant="trained"):
+        return lines + ["No trained-variant cells."], stats
+    lines += render_table2(stats, tasks)
+    lines += ["", _runs_line(cells, tasks),
+              "Mean ± std over runs (ddof=1; — = one run). Bold: the higher of GD/LCGD. Average: mean over "
+              "tasks of the task means (* = not every task has data). SimAOU is unnormalized; SimAOU_norm "
+              "is Dai's SimAOU.", "", "Paper (P4 Table 2, fairseq 1.3B, 3 runs):", ""]
+    lines += render_paper_table2()
+    return lines, stats
+
+
+def render_table2(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str]) -> list[str]:
+    def mean(metric: str, method: str, task: str) -> float | None:
+        s = stats[(metric, method)][task]
+        return None if s is None else s.mean
+
+    def average(metric: str, method: str) -> str:
+        avg, n = task_average(stats[(metric, method)])
+        return fmt_num(avg, 3) + ("*" if avg is not None and n < len(tasks) else "")
+
+    rows = table2_rows(mean, lambda m, me, t: fmt_stat(stats[(m, me)][t]), average, tasks)
+    return md_table(["metric", "method", *map(task_label, tasks), "Average"], rows)
+
+
+def table2_csv_rows(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str]) -> list[list]:
+    rows = []
+    for (metric, method), by_task in stats.items():
+        for t in tasks:
+            paper = PAPER_TABLE2[(metric, method)].get(t)
+            rows.append([metric, method, t, *stat_cols(by_task[t]), *(paper or (None, None))])
+        avg, n = task_average(by_task)
+        rows.append([metric, method, "average", n if avg is not None else None, avg, None,
+                     PAPER_TABLE2_AVG[(metric, method)], None])
+    return rows
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+
+def table1_section(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[list[str], dict]:
+    stats = table1_stats(cells, tasks)
+    lines = ["## Table 1: untrained baselines (GD)", ""]
+    if not stats:
+        return lines + ["No GD cells."], stats
+    lines += render_table1(stats, tasks)
+    lines += ["", "Rows only for the variants in this run. Bold: highest variant; underlined: top two within "
+              "0.01 (paper's rule). SimAOU_norm is extra: the paper's untrained rows may be normalized "
+              "(paper-spec §10.3).", "", "Paper (P4 Table 1; ⚑ = CB cell reconstructed from garbled text, "
+              "paper-spec §9.2):", ""]
+    return lines + render_paper_table1(), stats
+
+
+def render_table1(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str]) -> list[str]:
+    rows = table1_rows(stats, lambda s: None if s is None else s.mean,
+                        lambda m, v, t: fmt_stat(stats[(m, v)][t]), tasks)
+    return md_table(["metric", "model", *map(task_label, tasks)], rows)
+
+
+def table1_csv_rows(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str]) -> list[list]:
+    rows = []
+    for (metric, variant), by_task in stats.items():
+        for t in tasks:
+            paper = PAPER_TABLE1.get((metric, variant), {}).get(t)
+            rows.append([metric, variant, t, *stat_cols(by_task[t]), *(paper or (None, None))])
+    return rows
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def accuracy_section(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str]) -> list[str]:
+    lines = ["## Accuracy", "", "Percent, mean ± std over runs; FT = finetuned zero-shot; Rec2FTP over the "
+             "runs where FT fixed at least one example.", ""]
+    for variant in variants:
+        lines += [f"### {variant_label(variant)}", ""] + render_accuracy(cells, variant, tasks) + [""]
+    return lines + ["Reference (the paper's v4 accuracies are unknown; paper-spec §9.4):", ""] + render_dai_accuracy()
+
+
+def _k_icl_text(cells: Sequence[Cell]) -> str:
+    values = sorted({c.k_icl for c in cells if c.k_icl is not None})
+    if not values:
+        return MISSING
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
+def _rec2ftp_text(stat: Stat | None, cells: Sequence[Cell]) -> str:
+    """Rec2FTP with "(k/n runs)" when it is undefined in some runs, so a mean over few is visible."""
+    text = fmt_stat(stat, 1)
+    if cells and (stat is None or stat.n < len(cells)):
+        text += f" ({0 if stat is None else stat.n}/{len(cells)} runs)"
+    return text
+
+
+def render_accuracy(cells: Sequence[Cell], variant: str, tasks: Sequence[str]) -> list[str]:
+    header = ["task", "runs (GD/LCGD)", "k_icl", "ZS", "ICL", "FT (GD)", "FT (LCGD)", "Rec2FTP (GD)", "Rec2FTP (LCGD)"]
+    rows = []
+    for t in tasks:
+        mine = select(cells, variant=variant, task=t)
+        if not mine:
+            continue
+        stats = accuracy_stats(mine)
+        runs = "/".join(str(len(select(mine, method=m))) for m in METHODS)
+        rows.append([
+            task_label(t), runs, _k_icl_text(mine),
+            *(fmt_stat(stats[k], 1, 100.0) for k in ("zs", "icl", "ft_gd", "ft_lcgd")),
+            *(_rec2ftp_text(stats[f"rec2ftp_{m}"], select(mine, method=m)) for m in METHODS),
+        ])
+    return md_table(header, rows)
+
+
+def accuracy_csv_rows(cells: Sequence[Cell], variants: Sequence[str], tasks: Sequence[str]) -> list[list]:
+    rows = []
+    for variant in variants:
+        for t in tasks:
+            mine = select(cells, variant=variant, task=t)
+            if not mine:
+                continue
+            for key, stat in accuracy_stats(mine).items():
+                rows.append([variant, t, key, *stat_cols(stat)])
+    return rows
+
+
+# ----------------------------------------------------------------------------- random baselines
+
+
+def random_section(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str]) -> list[str]:
+    lines = ["## Random baselines", "", "Random SimAOU (normalized mode; U[0,1) is the authors' baseline, "
+             "Gaussian the zero-mean one), mean ± std over runs.", ""]
+    return lines + render_random(cells, tasks, variants)
+
+
+def render_random(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str]) -> list[str]:
+    rows = []
+    for variant in variants:
+        for key, by_task in random_stats(cells, tasks, variant).items():
+            if all(s is None for s in by_task.values()):
+                continue
+            avg, n = task_average(by_task)
+            rows.append([f"{METRIC_LABELS[key]}, {variant_label(variant)}",
+                         *(fmt_stat(by_task[t], 3) for t in tasks),
+                         fmt_num(avg, 3) + ("*" if avg is not None and n < len(tasks) else "")])
+    paper = [PAPER_RANDOM_SIMAOU.get(t) for t in tasks]
+    known = [p for p in paper if p is not None]
+    rows.append(["Random SimAOU U[0,1), paper (authors' files)", *(fmt_num(p, 3) for p in paper),
+                 fmt_num(float(np.mean(known)) if known else None, 3)])
+    return md_table(["baseline", *map(task_label, tasks), "Average"], rows)
+
+
+def random_csv_rows(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str]) -> list[list]:
+    rows = []
+    for variant in variants:
+        for key, by_task in random_stats(cells, tasks, variant).items():
+            for t in tasks:
+                if by_task[t] is None:
+                    continue
+                comparable = key == "random_simaou" and variant == "trained"
+                rows.append([variant, key, t, *stat_cols(by_task[t]),
+                             PAPER_RANDOM_SIMAOU.get(t) if comparable else None])
+    return rows
+
+
+# ----------------------------------------------------------------------------- per-layer curves (Fig. 3's numbers)
+
+
+def per_layer_csv_rows(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str]) -> list[list]:
+    rows = []
+    for variant in variants:
+        for method in METHODS:
+            for t in tasks:
+                mine = select(cells, variant=variant, method=method, task=t)
+                for metric in PER_LAYER_KEYS:
+                    curve = layer_curve(mine, metric)
+                    if curve is None:
+                        continue
+                    n = sum(metric in c.per_layer for c in mine)
+                    for layer, mean in enumerate(curve[0]):
+                        std = None if curve[1] is None else curve[1][layer]
+                        rows.append([variant, method, t, metric, layer, n, mean, std])
+    return rows
+
+
+# ----------------------------------------------------------------------------- time per stage
+
+
+def time_section(totals: Mapping[str, Mapping[str, Any]], timing: Mapping[str, float]) -> list[str]:
+    lines = ["## Time per stage", ""]
+    if not totals:
+        lines.append("None recorded: no usable seconds files under seconds/.")
+    else:
+        rows = [[variant_label(v), str(row["groups"]), *(fmt_num(row[name], 1) for _, name, _ in STAGES),
+                 f"{row['total']:.1f} ({row['total'] / 3600:.2f} h)", fmt_num(row["mean_per_group"], 1)]
+                for v, row in totals.items()]
+        lines += md_table(["variant", "groups", *(label for label, _, _ in STAGES), "total", "mean per group"], rows)
+        lines += ["", "Seconds summed over each variant's groups (a group is one task × seed × perm; its GD and "
+                  "LCGD share prompts, zero-shot and ICL). The runner's stopwatch is cumulative within a group, "
+                  "so a group's files are merged by each stage's maximum. Prompts includes the variant's "
+                  "re-initialisation; evaluate = zero-shot evaluation of the finetuned model; metrics = GD + "
+                  "LCGD metrics (α and writing files are not timed).",
+                  "",
+                  "Stages served from cache (evals/, checkpoints/) count their load time only: the trained "
+                  "zero-shot is computed once per task and loaded by its other seeds, and a group resumed "
+                  "after an interrupt shows near zero for the stages it found cached (unless an earlier file "
+                  "of the group recorded them)."]
+    lines.append("")
+    if timing:
+        lines.append(f"Model load: {timing['load_s']:.1f} s; that invocation's total: {timing['total_s']:.1f} s "
+                     "(timing.json: the last `jaxicl run` invocation only, a resumed run overwrites it).")
+    else:
+        lines.append("Model load: not recorded (no usable timing.json; a `jaxicl run` invocation writes it after "
+                     "loading the model and after every group).")
+    return lines
+
+
+def time_csv_rows(totals: Mapping[str, Mapping[str, Any]], timing: Mapping[str, float]) -> list[list]:
+    rows = [[variant, stage, row["groups"], row[stage]]
+            for variant, row in totals.items()
+            for stage in (*(name for _, name, _ in STAGES), "total", "mean_per_group")]
+    return rows + [["timing.json", key, None, timing[key]] for key in TIMING_KEYS if key in timing]
+
+
+# ----------------------------------------------------------------------------- learning-rate selection
+
+
+def lr_selection_section(selection: Mapping[str, Any] | None, out: Path, plots: bool) -> list[str]:
+    lines = ["## Learning-rate selection (`jaxicl tune`)", ""]
+    if selection is None:
+        return lines + ["None in this run directory (the rates are the paper's unless the cells say otherwise)."]
+    rows = []
+    for task, entry in selection["tasks"].items():
+        chosen = entry["chosen"]
+        rows.append([task_label(task), fmt_num(entry.get("paper_lr"), 4), f"{chosen['lr']:g}",
+                     fmt_num(chosen["accuracy"], 3), fmt_num(entry["zero_shot_accuracy"], 3),
+                     "yes" if chosen["finetuning_helps"] else "**no: finetuning does not help here**",
+                     _rates_tried(entry["rates"])])  # fmt: skip
+    lines += md_table(["task", "paper's rate", "chosen rate", "selection accuracy", "zero-shot", "beats zero-shot",
+                       "rates tried"], rows)  # fmt: skip
+    first = next(iter(selection["tasks"].values()))
+    lines += ["", f"Selected on the {first['selected_on']}; {first['search']} search; method "
+              f"{first['method'].upper()}; engine: {selection.get('engine', '?')}."]
+    if plots:
+        plot_lr_selection(selection, out / "lr_selection.png")
+        lines += ["", "![learning-rate selection](lr_selection.png)"]
+    write_csv(out / "lr_selection.csv", ["task", "lr", "run", "selection_accuracy", "final_loss"],
+              lr_selection_rows(selection))
+    return lines + ["", "- [lr_selection.csv](lr_selection.csv)"]
+
+
+def _rates_tried(rates: Mapping[str, Mapping]) -> str:
+    diverged = [r for r, v in rates.items() if v["mean_accuracy"] is None]
+    return f"{len(rates)}" + (f" ({len(diverged)} diverged: {', '.join(diverged)})" if diverged else "")
+
+
+def lr_selection_rows(selection: Mapping[str, Any]) -> list[list]:
+    """Tidy rows: task, rate, run index (or "mean"), selection accuracy, final demonstration loss."""
+    rows = []
+    for task, entry in selection["tasks"].items():
+        for rate, v in entry["rates"].items():
+            for i, (acc, loss) in enumerate(zip(v["accuracy"], v["final_loss"])):
+                rows.append([task, float(rate), i, acc, loss])
+            rows.append([task, float(rate), "mean", v["mean_accuracy"], v["mean_final_loss"]])  # None: diverged
+    return rows
