@@ -534,7 +534,7 @@ def test_output_is_deterministic(run_dir: Path, tmp_path: Path):
     a = write_report(run_dir, tmp_path / "a")
     b = write_report(run_dir, tmp_path / "b")
     assert a.read_bytes() == b.read_bytes()
-    assert read_csvs(a.parent) == read_csvs(b.parent) and len(read_csvs(a.parent)) == 8
+    assert read_csvs(a.parent) == read_csvs(b.parent) and len(read_csvs(a.parent)) == 9
     pngs = sorted(p.name for p in a.parent.glob("*.png"))
     assert pngs and all((a.parent / n).read_bytes() == (b.parent / n).read_bytes() for n in pngs)
 
@@ -586,3 +586,86 @@ def test_compare_runs_puts_two_run_directories_side_by_side_on_shared_runs(tmp_p
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert rows[0][header.index("acc ft")] == "0.500 ± 0.000" and rows[1][header.index("acc ft")] == "0.950 ± 0.071"
     assert rows[1][header.index("SimAOU")] == "0.30 ± 0.00"
+
+
+# --- the hierarchical bootstrap (issue 15) ------------------------------------------------------------
+
+
+def test_bootstrap_of_one_run_with_one_example_is_that_value():
+    assert report.hierarchical_bootstrap([[0.3]]) == (0.3, 0.3)
+    assert report.hierarchical_bootstrap([[0.3], [0.3]]) == (0.3, 0.3)
+
+
+def test_bootstrap_is_seeded_and_refuses_bad_input():
+    runs = [np.linspace(0, 1, 20), np.linspace(0.5, 2, 30)]
+    assert report.hierarchical_bootstrap(runs) == report.hierarchical_bootstrap(runs)
+    assert report.hierarchical_bootstrap(runs, seed=1) != report.hierarchical_bootstrap(runs)
+    for bad in ([], [[]], [[0.1, float("nan")]]):
+        with pytest.raises(ValueError):
+            report.hierarchical_bootstrap(bad)
+
+
+@pytest.mark.parametrize("n_runs, n_examples, run_sd", [(1, 60, 0.0), (20, 10, 0.5)])
+def test_bootstrap_interval_covers_a_known_mean_about_95_percent_of_the_time(n_runs, n_examples, run_sd):
+    """Synthetic normal data with true mean 0.3: examples only (one run), and runs + examples."""
+    rng = np.random.default_rng(123)
+    hits, trials = 0, 200
+    for trial in range(trials):
+        run_means = 0.3 + run_sd * rng.standard_normal(n_runs)
+        runs = [m + rng.standard_normal(n_examples) for m in run_means]
+        low, high = report.hierarchical_bootstrap(runs, n_resamples=400, seed=trial)
+        hits += low <= 0.3 <= high
+    assert 0.88 <= hits / trials <= 0.99, hits / trials
+
+
+def _with_examples(cell: dict, values) -> dict:
+    values = [float(v) for v in values]
+    cell = copy.deepcopy(cell)
+    cell["n_eval"] = len(values)
+    for metric in report.TABLE_METRICS:
+        cell["per_example"] = cell.get("per_example", {}) | {metric: values}
+        cell["scalar"][metric] = float(np.mean(values))
+        cell["per_layer"][metric] = [float(np.mean(values))] * N_LAYERS
+    return cell
+
+
+def test_gd_minus_lcgd_is_paired_by_run_and_example_and_marked_when_it_excludes_zero(tmp_path: Path):
+    run_dir = new_run(tmp_path)
+    rng = np.random.default_rng(0)
+    for seed, perm in RUNS:
+        lcgd = rng.normal(0.2, 0.3, 40)  # wide spread between examples, a constant gap to GD
+        write_cell(run_dir, _with_examples(make_cell("sst2", "trained", "lcgd", seed, perm), lcgd))
+        write_cell(run_dir, _with_examples(make_cell("sst2", "trained", "gd", seed, perm), lcgd + 0.1))
+    cells, problems = load_cells(run_dir)
+    assert not problems and all(len(c.per_example["simaou"]) == 40 for c in cells)
+    diff = report.method_difference(report.select(cells, method="gd"), report.select(cells, method="lcgd"), "simaou")
+    assert diff.paired_examples and diff.n_runs == 3 and diff.excludes_zero
+    assert diff.mean == pytest.approx(0.1) and diff.ci == pytest.approx((0.1, 0.1))  # pairing removes the spread
+    gd_alone = report.metric_stat(report.select(cells, method="gd"), "simaou", interval=True)
+    assert gd_alone.ci[1] - gd_alone.ci[0] > 0.05  # each method alone keeps it
+
+    md = write_report(run_dir, plots=False).read_text()
+    assert "**+0.10 [0.10, 0.10]**" in section(md, "## Uncertainty")
+    assert "6 of 6 cells keep per-example values" in md
+    rows = (run_dir / "report" / "gd_minus_lcgd.csv").read_text().splitlines()
+    assert rows[0] == "metric,task,n_runs,mean,ci_low,ci_high,excludes_zero,paired_examples"
+    assert rows[1].startswith("simaou_norm,sst2,3,0.1") and rows[1].endswith(",1,1")
+    header = (run_dir / "report" / "table2.csv").read_text().splitlines()[0]
+    assert header.endswith("ci_low,ci_high")
+
+
+def test_cells_without_per_example_values_are_resampled_by_run(run_dir: Path):
+    cells, _ = load_cells(run_dir)
+    stat = report.metric_stat(report.select(cells, variant="trained", task="sst2", method="gd"), "simaou_norm",
+                              interval=True)  # fmt: skip
+    assert 0.1 <= stat.ci[0] < stat.mean < stat.ci[1] <= 0.3  # runs 0.1, 0.2, 0.3: within their range
+    assert "0 of 18 cells keep per-example values" in write_report(run_dir, plots=False).read_text()
+
+
+def test_per_example_values_that_do_not_average_to_the_scalar_are_a_problem(tmp_path: Path):
+    run_dir = new_run(tmp_path)
+    cell = _with_examples(make_cell("sst2", "trained", "gd", 2, 0), [0.1, 0.3])
+    cell["per_example"]["simaou"] = [0.1, 0.9]
+    write_cell(run_dir, cell)
+    cells, problems = load_cells(run_dir)
+    assert not cells and "per_example.simaou averages to" in problems[0].reason

@@ -94,8 +94,12 @@ from jaxicl.report.paper import (
     render_paper_table2,
 )
 from jaxicl.report.stats import (
+    Difference,
     Stat,
     accuracy_stats,
+    hierarchical_bootstrap,
+    method_difference,
+    method_differences,
     alpha_stats,
     layer_curve,
     mean_std,
@@ -114,6 +118,7 @@ from jaxicl.report.stats import (
 from jaxicl.report.tables import (
     accuracy_csv_rows,
     accuracy_section,
+    differences_csv_rows,
     lr_selection_rows,
     lr_selection_section,
     per_layer_csv_rows,
@@ -129,6 +134,7 @@ from jaxicl.report.tables import (
     table2_section,
     time_csv_rows,
     time_section,
+    uncertainty_section,
 )
 
 __all__ = [  # every public name of the former single-file module, write_report included
@@ -136,7 +142,8 @@ __all__ = [  # every public name of the former single-file module, write_report 
     "METRIC_LABELS", "MISSING", "NO_STD", "PAPER_FIG3", "PAPER_RANDOM_SIMAOU", "PAPER_TABLE1",
     "PAPER_TABLE1_RECONSTRUCTED", "PAPER_TABLE2", "PAPER_TABLE2_AVG", "PAPER_TASKS", "PLOT_METRICS", "RANDOM_KEYS",
     "STAGES", "STAGE_KEYS", "TABLE1_METRICS", "TABLE_METRICS", "TASK_LABELS", "TIMING_KEYS", "VARIANTS",
-    "VARIANT_LABELS", "Cell", "CellError", "Group", "Problem", "Stat", "accuracy_csv_rows", "accuracy_stats",
+    "VARIANT_LABELS", "Cell", "CellError", "Difference", "Group", "Problem", "Stat", "hierarchical_bootstrap",
+    "method_difference", "method_differences", "accuracy_csv_rows", "accuracy_stats",
     "alpha_stats", "best_flags", "close_top_two", "csv_num", "emphasize", "fmt_num", "fmt_stat", "grad_norm_cells",
     "layer_curve", "load_cells", "load_lr_selection", "load_run_config", "load_stage_seconds", "load_timing",
     "lr_selection_rows", "md_table", "mean_std", "metric_stat", "order_tasks", "order_variants", "parse_cell",
@@ -178,13 +185,16 @@ def _problems_section(problems: Sequence[Problem]) -> list[str]:
 
 
 def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str], t2: dict, t1: dict,
-                times: list[list], out: Path) -> list[str]:
+                differences: dict, times: list[list], out: Path) -> list[str]:
     """Tidy CSVs (one number per row, full precision) of everything the tables and plots show."""
     stat_header = ["n", "mean", "std"]
     paper = ["paper_mean", "paper_std"]
+    ci = ["ci_low", "ci_high"]  # 95% hierarchical bootstrap
     files = {
-        "table2.csv": (["metric", "method", "task", *stat_header, *paper], table2_csv_rows(t2, tasks)),
-        "table1.csv": (["metric", "variant", "task", *stat_header, *paper], table1_csv_rows(t1, tasks)),
+        "table2.csv": (["metric", "method", "task", *stat_header, *paper, *ci], table2_csv_rows(t2, tasks)),
+        "table1.csv": (["metric", "variant", "task", *stat_header, *paper, *ci], table1_csv_rows(t1, tasks)),
+        "gd_minus_lcgd.csv": (["metric", "task", "n_runs", "mean", *ci, "excludes_zero", "paired_examples"],
+                              differences_csv_rows(differences)),
         "accuracy.csv": (["variant", "task", "quantity", *stat_header], accuracy_csv_rows(cells, variants, tasks)),
         "random_baselines.csv": (["variant", "baseline", "task", *stat_header, "paper_mean"],
                                  random_csv_rows(cells, tasks, variants)),
@@ -223,10 +233,12 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     variants = order_variants(c.variant for c in cells)
     t2_lines, t2 = table2_section(cells, tasks)
     t1_lines, t1 = table1_section(cells, tasks)
-    csv_files = _write_csvs(cells, tasks, variants, t2, t1, time_csv_rows(totals, timing), out)
+    differences = method_differences(cells, tasks)
+    csv_files = _write_csvs(cells, tasks, variants, t2, t1, differences, time_csv_rows(totals, timing), out)
     problems = config_problems + problems + seconds_problems + timing_problems
     lines = _header(config, cells, run_dir) + [""] + _problems_section(problems) + [""]
-    lines += t2_lines + [""] + t1_lines + [""] + accuracy_section(cells, tasks, variants) + [""]
+    lines += t2_lines + [""] + t1_lines + [""] + uncertainty_section(cells, tasks, t2, t1, differences) + [""]
+    lines += accuracy_section(cells, tasks, variants) + [""]
     lines += random_section(cells, tasks, variants) + [""] + time_section(totals, timing) + [""]
     lines += (figures_section(cells, tasks, out, grad_norm_task) if plots
               else ["## Figures", "", "Not drawn (plots=False)."]) + [""]

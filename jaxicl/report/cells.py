@@ -20,16 +20,18 @@ import math
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxicl.metrics import PER_LAYER_KEYS
+from jaxicl.metrics import PER_EXAMPLE_METRICS, PER_LAYER_KEYS, TOKENWISE_KEY
 from jaxicl.report.names import ACCURACY_KEYS, METHODS, STAGE_KEYS, TABLE_METRICS, TIMING_KEYS
 
 # ----------------------------------------------------------------------------- results cells
+
+CELL_METRICS = (*PER_LAYER_KEYS, TOKENWISE_KEY)  # the last only in cells of a --token-wise run
 
 
 class Problem(NamedTuple):
@@ -62,6 +64,7 @@ class Cell:
     alpha: float | None
     alpha_per_layer: tuple[float, ...] | None
     grad_norms: Mapping[str, np.ndarray] | None
+    per_example: Mapping[str, np.ndarray] = field(default_factory=dict)  # metric -> [n_eval], when kept
 
     @property
     def run(self) -> tuple[int, int]:
@@ -142,7 +145,7 @@ def _parse_per_layer(obj: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
     raw = _dict_field(obj, "per_layer")
     for key in TABLE_METRICS:
         _need(raw, key, "per_layer.")
-    out = {key: _num_list(raw[key], f"per_layer.{key}") for key in PER_LAYER_KEYS if key in raw}
+    out = {key: _num_list(raw[key], f"per_layer.{key}") for key in CELL_METRICS if key in raw}
     lengths = {key: len(v) for key, v in out.items()}
     if len(set(lengths.values())) > 1:
         raise CellError(f"per_layer lists differ in length: {lengths}")
@@ -154,7 +157,7 @@ def _parse_scalar(obj: Mapping[str, Any]) -> dict[str, float | None]:
     for key in TABLE_METRICS:
         _need(raw, key, "scalar.")
     out: dict[str, float | None] = {}
-    for key in (*PER_LAYER_KEYS, "rec2ftp"):
+    for key in (*CELL_METRICS, "rec2ftp"):
         if key not in raw:
             continue
         value = raw[key]
@@ -211,6 +214,20 @@ def _parse_grad_norms(obj: Mapping[str, Any], n_layers: int) -> dict[str, np.nda
     return out
 
 
+def _parse_per_example(obj: Mapping[str, Any], n_eval: int | None) -> dict[str, np.ndarray]:
+    """{metric: [n_eval] values} (cells written before it existed have none: {})."""
+    raw = obj.get("per_example")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CellError("'per_example' must be an object")
+    out = {key: np.asarray(_num_list(raw[key], f"per_example.{key}")) for key in PER_EXAMPLE_METRICS if key in raw}
+    lengths = {key: len(v) for key, v in out.items()}
+    if len(set(lengths.values())) > 1 or (n_eval is not None and any(n != n_eval for n in lengths.values())):
+        raise CellError(f"per_example lists must each have n_eval = {n_eval} values, got {lengths}")
+    return out
+
+
 def parse_cell(obj: Any, path: str) -> Cell:
     """A validated Cell from one decoded JSON file; CellError says what is wrong."""
     if not isinstance(obj, dict):
@@ -238,7 +255,20 @@ def parse_cell(obj: Any, path: str) -> Cell:
         alpha=alpha,
         alpha_per_layer=alpha_layers,
         grad_norms=_parse_grad_norms(obj, n_layers),
+        per_example=_checked_per_example(obj),
     )
+
+
+def _checked_per_example(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The per-example values, which must average to the cell's own scalar (the bootstrap resamples
+    them in its place)."""
+    out = _parse_per_example(obj, _int_field(obj, "n_eval", required=False))
+    scalar = _parse_scalar(obj)
+    for key, values in out.items():
+        want = scalar.get(key)
+        if want is not None and abs(float(np.mean(values)) - want) > 1e-9 * max(1.0, abs(want)):
+            raise CellError(f"per_example.{key} averages to {np.mean(values)!r}, not scalar.{key} = {want!r}")
+    return out
 
 
 def _check_path(cell: Cell) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,11 +30,13 @@ from jaxicl.report.names import (
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample std (ddof=1; None for a single value) of n values."""
+    """Mean and sample std (ddof=1; None for a single value) of n values; `ci`: a 95% hierarchical
+    bootstrap interval of the mean, where the report computes one (Tables 1 and 2)."""
 
     mean: float
     std: float | None
     n: int
+    ci: tuple[float, float] | None = None
 
 
 def mean_std(values: Iterable[float]) -> Stat | None:
@@ -61,8 +63,103 @@ def per_run(cells: Iterable[Cell], get: Callable[[Cell], float | None]) -> list[
     return [float(np.mean(by_run[r])) for r in sorted(by_run)]
 
 
-def metric_stat(cells: Sequence[Cell], metric: str) -> Stat | None:
-    return mean_std(v for c in cells if (v := c.value(metric)) is not None)
+def metric_stat(cells: Sequence[Cell], metric: str, interval: bool = False) -> Stat | None:
+    """Mean ± std over the cells (runs) of a metric; interval: with its bootstrap interval."""
+    stat = mean_std(v for c in cells if (v := c.value(metric)) is not None)
+    if stat is None or not interval:
+        return stat
+    return replace(stat, ci=hierarchical_bootstrap(run_values(cells, metric)))
+
+
+# ----------------------------------------------------------------------------- the bootstrap
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+
+
+def hierarchical_bootstrap(runs: Sequence[Sequence[float]], *, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                           seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile interval of the mean over runs of each run's mean over its examples.
+
+    Each resample draws as many runs as there are, with replacement, then, for each drawn run
+    independently (a run drawn twice gets two draws), as many of its examples as it has, with
+    replacement. A run given as one value (a cell without per-example values) is resampled at the
+    run level only. Seeded: the same values give the same interval."""
+    arrays = [np.asarray(r, np.float64) for r in runs]
+    if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
+        raise ValueError("the bootstrap needs at least one run, each with at least one value")
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise ValueError("the bootstrap got a non-finite value")
+    if n_resamples < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"n_resamples must be >= 1 and confidence in (0, 1), got {n_resamples}, {confidence}")
+    rng = np.random.default_rng(seed)
+    n_runs = len(arrays)
+    drawn = rng.integers(0, n_runs, size=(n_resamples, n_runs))  # [resample, slot] -> run
+    run_means = np.empty((n_resamples, n_runs))
+    for slot in range(n_runs):
+        for r, values in enumerate(arrays):
+            rows = np.flatnonzero(drawn[:, slot] == r)
+            if rows.size:
+                examples = rng.integers(0, values.size, size=(rows.size, values.size))
+                run_means[rows, slot] = values[examples].mean(axis=1)
+    means = run_means.mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def run_values(cells: Sequence[Cell], metric: str) -> list[np.ndarray]:
+    """One array per cell (run): its per-example values of `metric`, else its one scalar."""
+    out = []
+    for c in cells:
+        if metric in c.per_example:
+            out.append(c.per_example[metric])
+        elif (v := c.value(metric)) is not None:
+            out.append(np.asarray([v]))
+    return out
+
+
+@dataclass(frozen=True)
+class Difference:
+    """GD − LCGD of one metric on one task: the mean over shared runs and its bootstrap interval."""
+
+    mean: float
+    ci: tuple[float, float]
+    n_runs: int
+    paired_examples: bool  # resampled per example (both cells kept per-example values), else per run
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.ci[0] > 0.0 or self.ci[1] < 0.0
+
+
+def method_difference(gd: Sequence[Cell], lcgd: Sequence[Cell], metric: str) -> Difference | None:
+    """GD − LCGD on the runs both methods have. Paired: the same runs and, within a run, the same
+    eval examples are drawn for both (their per-example difference is resampled)."""
+    by_run = {c.run: c for c in lcgd}
+    pairs = [(g, by_run[g.run]) for g in sorted(gd, key=lambda c: c.run) if g.run in by_run]
+    pairs = [(g, l) for g, l in pairs if g.value(metric) is not None and l.value(metric) is not None]
+    if not pairs:
+        return None
+    paired = all(metric in g.per_example and metric in l.per_example
+                 and g.per_example[metric].size == l.per_example[metric].size for g, l in pairs)  # fmt: skip
+    if paired:
+        runs = [g.per_example[metric] - l.per_example[metric] for g, l in pairs]
+    else:
+        runs = [np.asarray([g.value(metric) - l.value(metric)]) for g, l in pairs]
+    mean = float(np.mean([r.mean() for r in runs]))
+    return Difference(mean, hierarchical_bootstrap(runs), len(pairs), paired)
+
+
+def method_differences(cells: Sequence[Cell], tasks: Sequence[str]) -> dict[str, dict[str, Difference | None]]:
+    """metric → task → GD − LCGD (trained variant), for Table 2's metrics."""
+    trained = select(cells, variant="trained")
+    return {
+        metric: {t: method_difference(select(trained, task=t, method="gd"), select(trained, task=t, method="lcgd"), metric)
+                 for t in tasks}  # fmt: skip
+        for metric in TABLE_METRICS
+    }
 
 
 def task_average(stats: Mapping[str, Stat | None]) -> tuple[float | None, int]:
@@ -89,7 +186,7 @@ def table2_stats(cells: Sequence[Cell], tasks: Sequence[str]) -> dict[tuple[str,
     """(metric, method) → task → Stat over runs, trained variant."""
     trained = select(cells, variant="trained")
     return {
-        (metric, method): {t: metric_stat(select(trained, method=method, task=t), metric) for t in tasks}
+        (metric, method): {t: metric_stat(select(trained, method=method, task=t), metric, interval=True) for t in tasks}
         for metric in TABLE_METRICS
         for method in METHODS
     }
@@ -100,7 +197,7 @@ def table1_stats(cells: Sequence[Cell], tasks: Sequence[str]) -> dict[tuple[str,
     gd = select(cells, method="gd")
     variants = order_variants(c.variant for c in gd)
     return {
-        (metric, variant): {t: metric_stat(select(gd, variant=variant, task=t), metric) for t in tasks}
+        (metric, variant): {t: metric_stat(select(gd, variant=variant, task=t), metric, interval=True) for t in tasks}
         for metric in TABLE1_METRICS
         for variant in variants
     }

@@ -18,8 +18,18 @@ import numpy as np
 from jaxicl.metrics import PER_LAYER_KEYS
 from jaxicl.report.cells import Cell
 from jaxicl.report.figures import plot_lr_selection
-from jaxicl.report.fmt import MISSING, fmt_num, fmt_stat, md_table, stat_cols, task_label, variant_label, write_csv
-from jaxicl.report.names import METHODS, METRIC_LABELS, STAGES, TIMING_KEYS
+from jaxicl.report.fmt import (
+    MISSING,
+    emphasize,
+    fmt_num,
+    fmt_stat,
+    md_table,
+    stat_cols,
+    task_label,
+    variant_label,
+    write_csv,
+)
+from jaxicl.report.names import METHOD_LABELS, METHODS, METRIC_LABELS, STAGES, TABLE_METRICS, TIMING_KEYS
 from jaxicl.report.paper import (
     PAPER_RANDOM_SIMAOU,
     PAPER_TABLE1,
@@ -32,6 +42,9 @@ from jaxicl.report.paper import (
     table2_rows,
 )
 from jaxicl.report.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    Difference,
     Stat,
     accuracy_stats,
     layer_curve,
@@ -84,10 +97,10 @@ def table2_csv_rows(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], 
     for (metric, method), by_task in stats.items():
         for t in tasks:
             paper = PAPER_TABLE2[(metric, method)].get(t)
-            rows.append([metric, method, t, *stat_cols(by_task[t]), *(paper or (None, None))])
+            rows.append([metric, method, t, *stat_cols(by_task[t]), *(paper or (None, None)), *ci_cols(by_task[t])])
         avg, n = task_average(by_task)
         rows.append([metric, method, "average", n if avg is not None else None, avg, None,
-                     PAPER_TABLE2_AVG[(metric, method)], None])
+                     PAPER_TABLE2_AVG[(metric, method)], None, None, None])
     return rows
 
 
@@ -118,8 +131,65 @@ def table1_csv_rows(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], 
     for (metric, variant), by_task in stats.items():
         for t in tasks:
             paper = PAPER_TABLE1.get((metric, variant), {}).get(t)
-            rows.append([metric, variant, t, *stat_cols(by_task[t]), *(paper or (None, None))])
+            rows.append([metric, variant, t, *stat_cols(by_task[t]), *(paper or (None, None)), *ci_cols(by_task[t])])
     return rows
+
+
+def ci_cols(stat: Stat | None) -> list[float | None]:
+    """[ci_low, ci_high] of a table entry (None where it has no interval)."""
+    return [None, None] if stat is None or stat.ci is None else list(stat.ci)
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+
+def fmt_interval(ci: tuple[float, float] | None, digits: int = 2) -> str:
+    return MISSING if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def uncertainty_section(cells: Sequence[Cell], tasks: Sequence[str], t2: Mapping, t1: Mapping,
+                        differences: Mapping[str, Mapping[str, Difference | None]]) -> list[str]:
+    """95% hierarchical bootstrap intervals of every Table 2 / Table 1 entry and of GD − LCGD."""
+    lines = ["## Uncertainty: 95% hierarchical bootstrap intervals", ""]
+    if not cells:
+        return lines + ["No cells."]
+    kept = sum(bool(c.per_example) for c in cells)
+    lines += [f"Each interval resamples the runs, then the eval examples within each run ({BOOTSTRAP_RESAMPLES} "
+              f"resamples, seed {BOOTSTRAP_SEED}, percentile interval). {kept} of {len(cells)} cells keep "
+              "per-example values; a cell without them (written before they were kept) is resampled at "
+              "the run level only, and with three runs that interval is narrow and undercovers.", ""]  # fmt: skip
+    header = ["metric", "", *map(task_label, tasks)]
+    if select(cells, variant="trained"):
+        lines += ["GD − LCGD (trained model), mean over the runs both have; **bold**: the interval excludes 0 "
+                  "(paired: the same runs and examples are drawn for both methods):", ""]  # fmt: skip
+        rows = [[METRIC_LABELS[metric], "GD − LCGD",
+                 *(_difference_text(differences[metric][t]) for t in tasks)] for metric in TABLE_METRICS]  # fmt: skip
+        lines += md_table(header, rows) + ["", "Table 2 entries, mean [interval]:", ""]
+        rows = [[METRIC_LABELS[metric], METHOD_LABELS[method],
+                 *(_entry_text(stats[t]) for t in tasks)] for (metric, method), stats in t2.items()]  # fmt: skip
+        lines += md_table(header, rows) + [""]
+    if t1:
+        lines += ["Table 1 entries (GD), mean [interval]:", ""]
+        rows = [[METRIC_LABELS[metric], variant_label(variant),
+                 *(_entry_text(stats[t]) for t in tasks)] for (metric, variant), stats in t1.items()]  # fmt: skip
+        lines += md_table(header, rows)
+    return lines
+
+
+def _entry_text(stat: Stat | None) -> str:
+    return MISSING if stat is None else f"{stat.mean:.2f} {fmt_interval(stat.ci)}"
+
+
+def _difference_text(diff: Difference | None) -> str:
+    if diff is None:
+        return MISSING
+    text = f"{diff.mean:+.2f} {fmt_interval(diff.ci)}"
+    return emphasize(text, bold=diff.excludes_zero)
+
+
+def differences_csv_rows(differences: Mapping[str, Mapping[str, Difference | None]]) -> list[list]:
+    return [[metric, t, d.n_runs, d.mean, d.ci[0], d.ci[1], int(d.excludes_zero), int(d.paired_examples)]
+            for metric, by_task in differences.items() for t, d in by_task.items() if d is not None]
 
 
 # ----------------------------------------------------------------------------- accuracy
