@@ -92,6 +92,19 @@ def _csv(text: str | None, cast=str) -> tuple | None:
     return None if text is None else tuple(cast(x) for x in text.split(",") if x)
 
 
+def _pairs(text: str | None) -> tuple[tuple[str, str], ...] | None:
+    """`A:B,C:D` → (("A", "B"), ("C", "D")); a malformed item is an error naming it."""
+    if text is None:
+        return None
+    pairs = []
+    for item in _csv(text):
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b:
+            raise JaxiclError(f"--cross-task takes A:B pairs, got {item!r}")
+        pairs.append((a, b))
+    return tuple(pairs)
+
+
 def default_compile_cache() -> str:
     """`jaxicl run`'s persistent compilation cache: $JAXICL_COMPILE_CACHE, else <jaxicl cache>/xla."""
     from jaxicl.io.registry import cache_dir
@@ -125,7 +138,8 @@ def _run(args: argparse.Namespace) -> int | None:
         batch_size=args.batch_size, data_dir=args.data_dir, loss_tokens=args.loss_tokens,
         lrs=None if rates is None else tuple(sorted(rates.items())),
         lrs_source=None if rates is None else ("selected" if args.lrs == "selected" else str(args.lrs)),
-        token_wise=args.token_wise,
+        token_wise=args.token_wise, controls=_csv(args.controls) or (),
+        cross_task=_pairs(args.cross_task),
     )  # fmt: skip
     try:
         counts = run(config, args.out, force=args.force, only=parse_only(args.only), profile_dir=args.profile,
@@ -227,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="finetuning loss over every token after BOS (the authors') or the label tokens only")
     rn.add_argument("--lrs", default="paper", metavar="paper|selected|FILE.json",
                     help="learning rates: the paper's, RUN_DIR/lr_selection.json from `jaxicl tune`, or a file")
+    rn.add_argument("--controls", default=None, metavar="C1,C2",
+                    help="task-specificity controls, GD only: cross-task, shuffled-gd, shuffled-icl "
+                    "(cells under RUN_DIR/controls/, never in Tables 1-2)")
+    rn.add_argument("--cross-task", default=None, metavar="A:B,...",
+                    help="the cross-task control's partner of each task (default: the next task of the grid)")
     rn.add_argument("--token-wise", action="store_true",
                     help="also record the attention output at every query token and add IA2's token-wise SimAOU "
                     "(larger evaluation files)")

@@ -41,8 +41,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from jaxicl import compile_stats, distributed, metrics
-from jaxicl.data.prompts import PromptSet, build_prompts
+from jaxicl import compile_stats, controls, distributed, metrics
+from jaxicl.data.prompts import PromptSet, build_prompts, relabel
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import JaxiclError
 from jaxicl.icl import RECORD_TAPS, EvalOptions, EvalResult
@@ -80,6 +80,8 @@ class RunConfig:
     lrs: tuple[tuple[str, float], ...] | None = None  # (task, rate) pairs; None: each task's paper rate
     lrs_source: str | None = None  # where `lrs` came from ("selected", a file); None: the paper
     token_wise: bool = False  # also record attn_out at every query token: IA2's token-wise SimAOU
+    controls: tuple[str, ...] = ()  # task-specificity controls (jaxicl/controls.py), GD only
+    cross_task: tuple[tuple[str, str], ...] | None = None  # (A, B): A's cross-task partner; default next task
 
     def eval_options(self) -> EvalOptions:
         """The evaluation settings of every zero-shot, ICL and finetuned scoring of the run."""
@@ -108,16 +110,20 @@ class Cell:
     seed: int
     perm: int
     method: str
+    control: str | None = None  # a task-specificity control (jaxicl/controls.py); None: the real cell
 
     @property
     def group(self) -> tuple[str, str, int, int]:
         return (self.task, self.variant, self.seed, self.perm)
 
     def relpath(self) -> Path:
-        return Path("cells", self.task, self.variant, f"{self.method}-seed{self.seed}-perm{self.perm}.json")
+        """cells/... for the real grid; controls/<control>/... apart, so controls never enter Tables 1-2."""
+        root = ("cells",) if self.control is None else ("controls", self.control)
+        return Path(*root, self.task, self.variant, f"{self.method}-seed{self.seed}-perm{self.perm}.json")
 
     def name(self) -> str:
-        return f"{self.task}/{self.variant}/{self.method} seed {self.seed} perm {self.perm}"
+        kind = "" if self.control is None else f" [{self.control}]"
+        return f"{self.task}/{self.variant}/{self.method}{kind} seed {self.seed} perm {self.perm}"
 
 
 def cells_of(config: RunConfig) -> list[Cell]:
@@ -129,6 +135,7 @@ def cells_of(config: RunConfig) -> list[Cell]:
         for task in tasks:
             for seed, perm in (config.runs or task.runs)[: config.n_runs]:
                 out += [Cell(task.name, variant, seed, perm, m) for m in config.methods]
+                out += [Cell(task.name, variant, seed, perm, "gd", control) for control in config.controls]
     return out
 
 
@@ -227,8 +234,10 @@ def finetune_options(config: RunConfig, task, method: str):
     return FinetuneOptions(lr=lr, objective=objective, loss_tokens=config.loss_tokens)
 
 
-def _checkpoint_dir(run_dir: Path, cell: Cell) -> Path:
-    return run_dir / "checkpoints" / cell.task / cell.variant / f"{cell.method}-seed{cell.seed}-perm{cell.perm}"
+def _checkpoint_dir(run_dir: Path, cell: Cell, finetuning: str = "") -> Path:
+    """finetuning: "" for the cell's own demonstrations, else a control's name for its finetuning."""
+    name = cell.method + (f"-{finetuning}" if finetuning else "")
+    return run_dir / "checkpoints" / cell.task / cell.variant / f"{name}-seed{cell.seed}-perm{cell.perm}"
 
 
 def _base(config: RunConfig, cell: Cell) -> str:
@@ -274,7 +283,7 @@ def run_together(lm, config: RunConfig, run_dir: Path, task, variant: str, cells
     from jaxicl.icl import evaluate_many
 
     scan = jax.default_backend() != "cpu"  # a 2-core CPU pays more for the padding than for dispatches
-    mine = [c for c in cells if c.task == task.name and c.variant == variant]
+    mine = [c for c in cells if c.task == task.name and c.variant == variant and c.control is None]
     prompts = {c.group: run_prompts(lm, config, task, c.seed, c.perm) for c in mine}
     starts = {seed: transforms.reinit(lm.params, lm.config, variant, seed) for seed in {c.seed for c in mine}}
     done = {"runs": 0, "evaluations": 0}
@@ -318,6 +327,47 @@ def run_together(lm, config: RunConfig, run_dir: Path, task, variant: str, cells
     return done
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a cell finetunes on and which ICL result its updates are compared with."""
+
+    name: str  # "" for a real cell; the finetuning's name for a control ("cross-mr", "shuffled")
+    task: object  # the Task whose demonstrations (and learning rate) the finetuning uses
+    prompts: PromptSet  # whose ft_sequences are finetuned on
+    icl: EvalResult  # the ICL result compared with the finetuned one
+    describe: dict  # what a control cell records about itself
+
+    @property
+    def suffix(self) -> str:
+        return f"-{self.name}" if self.name else ""
+
+
+def _plan(lm, config: RunConfig, run_dir: Path, task, cell: Cell, prompts: PromptSet, icl: EvalResult, ev) -> _Plan:
+    """The real cell's plan, or a control's (jaxicl/controls.py): cross-task finetunes on the
+    partner task's demonstrations of the same run index; the shuffled controls on this run's
+    demonstrations with permuted labels, compared with real ICL (shuffled-gd) or with ICL on the
+    permuted labels (shuffled-icl, cached as icl-shuffled.npz)."""
+    if cell.control is None:
+        return _Plan("", task, prompts, icl, {})
+    if cell.control == "cross-task":
+        names = [get_task(n).name for n in config.tasks]
+        other = get_task(config.tasks[names.index(controls.partner(task.name, names, config.cross_task))])
+        index = list((config.runs or task.runs)[: config.n_runs]).index((cell.seed, cell.perm))
+        seed, perm = (config.runs or other.runs)[index]
+        theirs = run_prompts(lm, config, other, seed, perm)
+        return _Plan(f"cross-{other.name}", other, theirs, icl,
+                     {"partner": other.name, "partner_run": [seed, perm], "partner_demo_indices": list(theirs.demo_indices)})  # fmt: skip
+    labels = controls.shuffled_labels(prompts.demo_labels, cell.seed, cell.perm)
+    shuffled = relabel(prompts, labels)
+    describe = {"original_labels": list(prompts.demo_labels), "shuffled_labels": list(labels)}
+    if cell.control == "shuffled-gd":
+        return _Plan("shuffled", task, shuffled, icl, describe)
+    group_dir = _group_dir(cell)
+    icl_shuffled, _ = cached_eval(run_dir / "evals" / group_dir / "icl-shuffled.npz", ev(shuffled.prefix_ids),
+                                  config.eval_options().records)  # fmt: skip
+    return _Plan("shuffled", task, shuffled, icl_shuffled, describe)
+
+
 def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell], progress=None,
               clock: StageClock | None = None) -> list[Path]:
     """Run the cells of one (task, variant, seed, perm): shared prompts and ICL, then each method.
@@ -348,33 +398,36 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         icl, _ = cached_eval(run_dir / "evals" / group_dir / "icl.npz", ev(prompts.prefix_ids), options.records)
 
     gold = list(prompts.gold_labels)
-    lr, lr_origin = config.learning_rate(task)
     ft_results: dict[str, EvalResult] = {}
     written = []
     for cell in cells:
-        step(f"{cell.method} finetune")
-        with watch(f"finetune_{cell.method}"):
+        plan = _plan(lm, config, run_dir, task, cell, prompts, icl, ev)
+        stage = cell.method if cell.control is None else f"{cell.method}_{plan.name}"
+        step(f"{stage} finetune")
+        with watch(f"finetune_{stage}"):
             result, _ = finetune_cached(
-                _checkpoint_dir(run_dir, cell), params, lm.config, prompts.ft_sequences,
-                finetune_options(config, task, cell.method), label_starts=prompts.ft_label_starts,
-                base=_base(config, cell), demo_names=[f"dataset index {i}" for i in prompts.demo_indices],
+                _checkpoint_dir(run_dir, cell, plan.name), params, lm.config, plan.prompts.ft_sequences,
+                finetune_options(config, plan.task, cell.method), label_starts=plan.prompts.ft_label_starts,
+                base=_base(config, cell), demo_names=[f"dataset index {i}" for i in plan.prompts.demo_indices],
             )  # fmt: skip
-        step(f"{cell.method} evaluate")
-        with watch(f"ftzs_{cell.method}"):
-            ft, _ = cached_eval(run_dir / "evals" / group_dir / f"{cell.method}-ft.npz",
+        step(f"{stage} evaluate")
+        with watch(f"ftzs_{stage}"):
+            ft, _ = cached_eval(run_dir / "evals" / group_dir / f"{cell.method}{plan.suffix}-ft.npz",
                                 ev(prompts.zs_prefix_ids, result.params), options.records)
         if not distributed.is_writer():  # the others only joined the collectives
             continue
-        ft_results[cell.method] = ft
-        with watch(f"metrics_{cell.method}"):
-            values = metrics.all_metrics(zs, icl, ft, gold=gold, seed=config.metric_seed)
+        if cell.control is None:
+            ft_results[cell.method] = ft
+        with watch(f"metrics_{stage}"):
+            values = metrics.all_metrics(zs, plan.icl, ft, gold=gold, seed=config.metric_seed)
             if config.token_wise and metrics.TOKENWISE_KEY not in values["scalar"]:
                 raise JaxiclError(f"{cell.name()}: token-wise SimAOU was asked for but a record of it is missing")
+        lr, lr_origin = config.learning_rate(plan.task)
         record = {
             "task": task_name, "model": config.model, "variant": variant, "method": cell.method,
             "seed": seed, "perm": perm, "k": config.k, "k_icl": prompts.k_icl, "n_eval": prompts.n_eval,
             "lr": lr, "lr_origin": lr_origin,
-            "accuracy": {"zs": zs.accuracy(gold), "icl": icl.accuracy(gold), "ft": ft.accuracy(gold)},
+            "accuracy": {"zs": zs.accuracy(gold), "icl": plan.icl.accuracy(gold), "ft": ft.accuracy(gold)},
             "per_layer": values["per_layer"], "scalar": values["scalar"], "counts": values["counts"],
             "per_example": values["per_example"],
             "grad_norms": {"kv": result.kv_grad_norms.tolist(), "all": result.grad_norms.tolist()},
@@ -382,13 +435,16 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
             "demo_indices": list(prompts.demo_indices), "format": prompts.format.to_dict(),
             "config": config.to_json(), "versions": versions(),
         }  # fmt: skip
+        if cell.control is not None:
+            record |= {"control": cell.control, **plan.describe}
         # α needs GD's finetuned records: from this group, else from the cache (a resumed group
         # or an `only` slice that ran GD earlier)
         gd_ft = ft_results.get("gd") or _load_result(run_dir / "evals" / group_dir / "gd-ft.npz")
-        if cell.method == "lcgd" and gd_ft is not None:
+        if cell.control is None and cell.method == "lcgd" and gd_ft is not None:
             a = metrics.alpha_metrics(zs, ft_results["lcgd"], gd_ft)
             record["alpha"] = {"per_layer": a["per_layer"]["alpha"], "scalar": a["scalar"]["alpha"]}
-        write_json_atomic(run_dir / "seconds" / cell.relpath().relative_to("cells"), dict(watch.seconds))
+        if cell.control is None:  # the report's time per stage reads the real cells' seconds
+            write_json_atomic(run_dir / "seconds" / cell.relpath().relative_to("cells"), dict(watch.seconds))
         written.append(write_json_atomic(run_dir / cell.relpath(), record))
     if clock is not None:
         clock.merge(watch)
@@ -500,6 +556,8 @@ def run(
     import jaxicl
 
     run_dir = Path(run_dir)
+    task_names = [get_task(name).name for name in config.tasks]
+    controls.check_controls(config.controls, task_names, config.cross_task, config.methods)
     todo, skipped, recomputed = distributed.on_host0(_open_and_scan, run_dir, config, force)
     if only:
         unfinished = len(todo)

@@ -306,3 +306,29 @@ def _demo_inputs(
 
 def _encode_input(task: Task, tokenizer: TokenizerLike, row: Mapping[str, Any]) -> Ids:
     return tuple(tokenizer.encode(task.input_text(row)))
+
+
+def relabel(prompts: PromptSet, labels: Sequence[int]) -> PromptSet:
+    """The same run with new labels on its k_icl demonstrations (a control: shuffled labels).
+
+    Inputs, order, queries and candidates are kept; each demonstration's label tokens become those
+    of its new label, in the ICL prefix and in the finetuning sequences alike. A permutation of
+    the labels keeps the prefix's length, so the prompt still fits the context window."""
+    if len(labels) != prompts.k_icl:
+        raise DataError(f"{len(labels)} labels for {prompts.k_icl} demonstrations")
+    if any(not 0 <= y < prompts.n_classes for y in labels):
+        raise DataError(f"labels must be in [0, {prompts.n_classes}), got {list(labels)}")
+    bos = tuple(prompts.zs_prefix_ids)
+    sep = tuple(prompts.format.separator_ids)
+    inputs = [tuple(seq[len(bos) : start]) for seq, start in zip(prompts.ft_sequences, prompts.ft_label_starts)]
+    cands = prompts.candidate_ids
+    demos = tuple(inp + tuple(cands[y]) + sep for inp, y in zip(inputs, labels))
+    if sum(map(len, demos)) != sum(map(len, prompts.demo_ids)):
+        raise DataError("the new labels change the prefix's length (not a permutation of label lengths)")
+    return dataclasses.replace(
+        prompts,
+        demo_labels=tuple(int(y) for y in labels),
+        demo_ids=demos,
+        prefix_ids=bos + tuple(t for d in demos for t in d),
+        ft_sequences=tuple(bos + inp + tuple(cands[y]) for inp, y in zip(inputs, labels)),
+    )

@@ -271,26 +271,29 @@ def _checked_per_example(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_path(cell: Cell) -> None:
-    """cells/<task>/<variant>/<method>-seed<s>-perm<p>.json must agree with the file's content."""
+def _check_path(cell: Cell, root: tuple[str, ...] = ("cells",)) -> None:
+    """<root>/<task>/<variant>/<method>-seed<s>-perm<p>.json must agree with the file's content."""
     parts = Path(cell.path).parts
-    match = _CELL_NAME.match(parts[-1]) if len(parts) == 4 and parts[0] == "cells" else None
+    at_root = len(parts) == len(root) + 3 and parts[: len(root)] == root
+    match = _CELL_NAME.match(parts[-1]) if at_root else None
     if match is None:
         return
-    expected = {"task": parts[1], "variant": parts[2], "method": match["method"],
+    expected = {"task": parts[-3], "variant": parts[-2], "method": match["method"],
                 "seed": int(match["seed"]), "perm": int(match["perm"])}
     wrong = [f"{k}={getattr(cell, k)!r} but path says {v!r}" for k, v in expected.items() if getattr(cell, k) != v]
     if wrong:
         raise CellError("content disagrees with path: " + "; ".join(wrong))
 
 
-def _read_cell(path: Path, rel: str) -> Cell:
+def _read_cell(path: Path, rel: str, root: tuple[str, ...] = ("cells",)) -> Cell:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CellError(f"not valid JSON ({type(e).__name__}: {e})") from e
     cell = parse_cell(obj, rel)
-    _check_path(cell)
+    _check_path(cell, root)
+    if root[0] == "controls" and obj.get("control") != root[1]:
+        raise CellError(f"a control cell under controls/{root[1]}/ says control={obj.get('control')!r}")
     return cell
 
 
@@ -307,20 +310,21 @@ def _drop_odd_layer_counts(cells: list[Cell], problems: list[Problem]) -> list[C
     return [c for c in cells if c.n_layers == majority]
 
 
-def load_cells(run_dir: str | Path) -> tuple[list[Cell], list[Problem]]:
+def load_cells(run_dir: str | Path, root: tuple[str, ...] = ("cells",)) -> tuple[list[Cell], list[Problem]]:
     """Every usable cell under RUN_DIR/cells (any depth), sorted by path, and the files left out.
+    root: another tree of cells, e.g. ("controls", "shuffled-gd") (`load_controls`).
 
     Nothing that fails validation is returned, so no table can average a broken file in."""
     run_dir = Path(run_dir)
     cells: list[Cell] = []
     problems: list[Problem] = []
     seen: dict[tuple, str] = {}
-    for path in sorted((run_dir / "cells").glob("**/*.json"), key=lambda p: p.relative_to(run_dir).as_posix()):
+    for path in sorted(run_dir.joinpath(*root).glob("**/*.json"), key=lambda p: p.relative_to(run_dir).as_posix()):
         rel = path.relative_to(run_dir).as_posix()
         if not path.is_file():
             continue
         try:
-            cell = _read_cell(path, rel)
+            cell = _read_cell(path, rel, root)
         except CellError as e:
             problems.append(Problem(rel, str(e)))
             continue
@@ -331,6 +335,20 @@ def load_cells(run_dir: str | Path) -> tuple[list[Cell], list[Problem]]:
         seen[key] = rel
         cells.append(cell)
     return _drop_odd_layer_counts(cells, problems), problems
+
+
+def load_controls(run_dir: str | Path) -> tuple[dict[str, list[Cell]], list[Problem]]:
+    """control → its usable cells (RUN_DIR/controls/<control>/..., `jaxicl run --controls`), kept
+    apart from `load_cells` so no control can enter Table 1 or Table 2."""
+    run_dir = Path(run_dir)
+    out, problems = {}, []
+    root = run_dir / "controls"
+    for control in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        cells, found = load_cells(run_dir, ("controls", control))
+        problems += found
+        if cells:
+            out[control] = cells
+    return out, problems
 
 
 # ----------------------------------------------------------------------------- run.json
