@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace) -> int | None:
         lrs=None if rates is None else tuple(sorted(rates.items())),
         lrs_source=None if rates is None else ("selected" if args.lrs == "selected" else str(args.lrs)),
         token_wise=args.token_wise, controls=_csv(args.controls) or (),
-        cross_task=_pairs(args.cross_task),
+        cross_task=_pairs(args.cross_task), order_permutations=args.order_permutations,
     )  # fmt: skip
     try:
         counts = run(config, args.out, force=args.force, only=parse_only(args.only), profile_dir=args.profile,
@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(cells under RUN_DIR/controls/, never in Tables 1-2)")
     rn.add_argument("--cross-task", default=None, metavar="A:B,...",
                     help="the cross-task control's partner of each task (default: the next task of the grid)")
+    rn.add_argument("--order-permutations", type=int, default=0, metavar="P",
+                    help="order sensitivity (Shen et al.): ICL and GD/LCGD under P >= 2 orders of each run's "
+                    "demonstrations (0: off; 8 is a common choice)")
     rn.add_argument("--token-wise", action="store_true",
                     help="also record the attention output at every query token and add IA2's token-wise SimAOU "
                     "(larger evaluation files)")

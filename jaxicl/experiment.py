@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from jaxicl import compile_stats, controls, distributed, metrics
+from jaxicl import compile_stats, controls, distributed, metrics, order
 from jaxicl.data.prompts import PromptSet, build_prompts, relabel
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import JaxiclError
@@ -52,6 +52,8 @@ from jaxicl.stage_clock import StageClock
 
 METHODS = ("gd", "lcgd")
 CELL_KEYS = ("task", "variant", "method", "seed", "perm", "accuracy", "per_layer", "scalar")
+ORDER = "order"  # the order-sensitivity cell of a run (jaxicl/order.py)
+ORDER_KEYS = ("task", "variant", "seed", "perm", "permutations", "methods")
 
 TOKEN_RECORD = "attn_out" + EVERY_POSITION  # attn_out at every query token (--token-wise)
 
@@ -80,6 +82,7 @@ class RunConfig:
     lrs: tuple[tuple[str, float], ...] | None = None  # (task, rate) pairs; None: each task's paper rate
     lrs_source: str | None = None  # where `lrs` came from ("selected", a file); None: the paper
     token_wise: bool = False  # also record attn_out at every query token: IA2's token-wise SimAOU
+    order_permutations: int = 0  # P >= 2: order sensitivity over P orders of each run's demos (order.py)
     controls: tuple[str, ...] = ()  # task-specificity controls (jaxicl/controls.py), GD only
     cross_task: tuple[tuple[str, str], ...] | None = None  # (A, B): A's cross-task partner; default next task
 
@@ -110,19 +113,27 @@ class Cell:
     seed: int
     perm: int
     method: str
-    control: str | None = None  # a task-specificity control (jaxicl/controls.py); None: the real cell
+    kind: str | None = None  # None: a real cell; a control's name (jaxicl/controls.py); or ORDER
 
     @property
     def group(self) -> tuple[str, str, int, int]:
         return (self.task, self.variant, self.seed, self.perm)
 
     def relpath(self) -> Path:
-        """cells/... for the real grid; controls/<control>/... apart, so controls never enter Tables 1-2."""
-        root = ("cells",) if self.control is None else ("controls", self.control)
+        """cells/... for the real grid; controls/<control>/... and order/... apart, so neither ever
+        enters Tables 1-2."""
+        if self.kind == ORDER:
+            return Path("order", self.task, self.variant, f"seed{self.seed}-perm{self.perm}.json")
+        root = ("cells",) if self.kind is None else ("controls", self.kind)
         return Path(*root, self.task, self.variant, f"{self.method}-seed{self.seed}-perm{self.perm}.json")
 
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        """What a complete results file of this cell holds (an incomplete one is recomputed)."""
+        return ORDER_KEYS if self.kind == ORDER else CELL_KEYS
+
     def name(self) -> str:
-        kind = "" if self.control is None else f" [{self.control}]"
+        kind = "" if self.kind is None else f" [{self.kind}]"
         return f"{self.task}/{self.variant}/{self.method}{kind} seed {self.seed} perm {self.perm}"
 
 
@@ -136,6 +147,8 @@ def cells_of(config: RunConfig) -> list[Cell]:
             for seed, perm in (config.runs or task.runs)[: config.n_runs]:
                 out += [Cell(task.name, variant, seed, perm, m) for m in config.methods]
                 out += [Cell(task.name, variant, seed, perm, "gd", control) for control in config.controls]
+                if config.order_permutations:
+                    out.append(Cell(task.name, variant, seed, perm, "+".join(config.methods), ORDER))
     return out
 
 
@@ -148,15 +161,16 @@ def open_run_dir(run_dir: Path, config: RunConfig, force: bool = False) -> None:
     write_json_atomic(run_dir / "provenance.json", {"versions": versions(), "machine": machine()})
 
 
-def read_cell(path: Path) -> tuple[dict | None, str | None]:
-    """(cell, None) for a complete cell file, (None, why) for a corrupt one, (None, None) if absent."""
+def read_cell(path: Path, keys: Sequence[str] = CELL_KEYS) -> tuple[dict | None, str | None]:
+    """(cell, None) for a complete cell file (holding `keys`), (None, why) for a corrupt one, (None,
+    None) if absent."""
     if not path.exists():
         return None, None
     try:
         cell = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return None, f"{path}: not valid JSON ({e})"
-    missing = [k for k in CELL_KEYS if k not in cell] if isinstance(cell, dict) else list(CELL_KEYS)
+    missing = [k for k in keys if k not in cell] if isinstance(cell, dict) else list(keys)
     if missing:
         return None, f"{path}: missing keys {missing}"
     return cell, None
@@ -283,7 +297,7 @@ def run_together(lm, config: RunConfig, run_dir: Path, task, variant: str, cells
     from jaxicl.icl import evaluate_many
 
     scan = jax.default_backend() != "cpu"  # a 2-core CPU pays more for the padding than for dispatches
-    mine = [c for c in cells if c.task == task.name and c.variant == variant and c.control is None]
+    mine = [c for c in cells if c.task == task.name and c.variant == variant and c.kind is None]
     prompts = {c.group: run_prompts(lm, config, task, c.seed, c.perm) for c in mine}
     starts = {seed: transforms.reinit(lm.params, lm.config, variant, seed) for seed in {c.seed for c in mine}}
     done = {"runs": 0, "evaluations": 0}
@@ -347,9 +361,9 @@ def _plan(lm, config: RunConfig, run_dir: Path, task, cell: Cell, prompts: Promp
     partner task's demonstrations of the same run index; the shuffled controls on this run's
     demonstrations with permuted labels, compared with real ICL (shuffled-gd) or with ICL on the
     permuted labels (shuffled-icl, cached as icl-shuffled.npz)."""
-    if cell.control is None:
+    if cell.kind is None:
         return _Plan("", task, prompts, icl, {})
-    if cell.control == "cross-task":
+    if cell.kind == "cross-task":
         names = [get_task(n).name for n in config.tasks]
         other = get_task(config.tasks[names.index(controls.partner(task.name, names, config.cross_task))])
         index = list((config.runs or task.runs)[: config.n_runs]).index((cell.seed, cell.perm))
@@ -360,12 +374,55 @@ def _plan(lm, config: RunConfig, run_dir: Path, task, cell: Cell, prompts: Promp
     labels = controls.shuffled_labels(prompts.demo_labels, cell.seed, cell.perm)
     shuffled = relabel(prompts, labels)
     describe = {"original_labels": list(prompts.demo_labels), "shuffled_labels": list(labels)}
-    if cell.control == "shuffled-gd":
+    if cell.kind == "shuffled-gd":
         return _Plan("shuffled", task, shuffled, icl, describe)
     group_dir = _group_dir(cell)
     icl_shuffled, _ = cached_eval(run_dir / "evals" / group_dir / "icl-shuffled.npz", ev(shuffled.prefix_ids),
                                   config.eval_options().records)  # fmt: skip
     return _Plan("shuffled", task, shuffled, icl_shuffled, describe)
+
+
+def _order_record(lm, config: RunConfig, run_dir: Path, task, cell: Cell, prompts: PromptSet, params: dict,
+                  icl: EvalResult) -> dict:
+    """The order cell of one run (jaxicl/order.py): ICL and each method's finetuned model scored under
+    P orders of the demonstrations. The first order is the run's own, so its ICL and finetuned
+    scores are the group's; the others' scores are cached under evals/.../order/ (no checkpoints)."""
+    from jaxicl.finetune import finetune_many
+
+    orders = order.permutations(prompts.k_icl, config.order_permutations, cell.seed, cell.perm)
+    reordered = [order.reorder(prompts, o) for o in orders]
+    scores_only = dataclasses.replace(config.eval_options(), records=())
+    where = run_dir / "evals" / _group_dir(cell) / "order"
+
+    def ev(prefix, p):
+        return lambda: distributed.evaluate_across_hosts(p, lm.config, prefix, prompts.query_ids, prompts.candidate_ids,
+                                                         scores_only)  # fmt: skip
+
+    scores = {"icl": [icl] + [cached_eval(where / f"{i}-icl.npz", ev(r.prefix_ids, params))[0]
+                              for i, r in enumerate(reordered) if i]}  # fmt: skip
+    for method in config.methods:
+        paths = [run_dir / "evals" / _group_dir(cell) / f"{method}-ft.npz"]  # the run's own order
+        paths += [where / f"{i}-{method}-ft.npz" for i in range(1, len(orders))]
+        todo = distributed.on_host0(lambda: [i for i, p in enumerate(paths) if _load_result(p) is None])
+        # the orders batch like seeds: vmapped, one lax.scan each, on an accelerator; one by one on a CPU
+        accelerator = batch_runs_enabled("auto")
+        finetuned = dict(zip(todo, finetune_many(
+            params, lm.config, [reordered[i].ft_sequences for i in todo], finetune_options(config, task, method),
+            label_starts_sets=[reordered[i].ft_label_starts for i in todo], scan=accelerator,
+            max_parallel=None if accelerator else 1,
+        ) if todo else []))  # fmt: skip
+        scores[method] = [cached_eval(path, ev(prompts.zs_prefix_ids, finetuned[i].params) if i in finetuned else None)[0]
+                          for i, path in enumerate(paths)]  # fmt: skip
+    if not distributed.is_writer():  # the others only joined the collectives
+        return {}
+    scores = {m: [r.scores for r in per_order] for m, per_order in scores.items()}
+    lr, lr_origin = config.learning_rate(task)
+    return {
+        "task": task.name, "model": config.model, "variant": cell.variant, "seed": cell.seed, "perm": cell.perm,
+        "k_icl": prompts.k_icl, "n_eval": prompts.n_eval, "lr": lr, "lr_origin": lr_origin,
+        "permutations": [list(o) for o in orders], **order.summarize(scores, prompts.gold_labels),
+        "config": config.to_json(), "versions": versions(),
+    }  # fmt: skip
 
 
 def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell], progress=None,
@@ -401,8 +458,15 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
     ft_results: dict[str, EvalResult] = {}
     written = []
     for cell in cells:
+        if cell.kind == ORDER:
+            step("order sensitivity")
+            with watch("order"):
+                record = _order_record(lm, config, run_dir, task, cell, prompts, params, icl)
+            if distributed.is_writer():
+                written.append(write_json_atomic(run_dir / cell.relpath(), record))
+            continue
         plan = _plan(lm, config, run_dir, task, cell, prompts, icl, ev)
-        stage = cell.method if cell.control is None else f"{cell.method}_{plan.name}"
+        stage = cell.method if cell.kind is None else f"{cell.method}_{plan.name}"
         step(f"{stage} finetune")
         with watch(f"finetune_{stage}"):
             result, _ = finetune_cached(
@@ -416,7 +480,7 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
                                 ev(prompts.zs_prefix_ids, result.params), options.records)
         if not distributed.is_writer():  # the others only joined the collectives
             continue
-        if cell.control is None:
+        if cell.kind is None:
             ft_results[cell.method] = ft
         with watch(f"metrics_{stage}"):
             values = metrics.all_metrics(zs, plan.icl, ft, gold=gold, seed=config.metric_seed)
@@ -435,15 +499,15 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
             "demo_indices": list(prompts.demo_indices), "format": prompts.format.to_dict(),
             "config": config.to_json(), "versions": versions(),
         }  # fmt: skip
-        if cell.control is not None:
-            record |= {"control": cell.control, **plan.describe}
+        if cell.kind is not None:
+            record |= {"control": cell.kind, **plan.describe}
         # α needs GD's finetuned records: from this group, else from the cache (a resumed group
         # or an `only` slice that ran GD earlier)
         gd_ft = ft_results.get("gd") or _load_result(run_dir / "evals" / group_dir / "gd-ft.npz")
-        if cell.control is None and cell.method == "lcgd" and gd_ft is not None:
+        if cell.kind is None and cell.method == "lcgd" and gd_ft is not None:
             a = metrics.alpha_metrics(zs, ft_results["lcgd"], gd_ft)
             record["alpha"] = {"per_layer": a["per_layer"]["alpha"], "scalar": a["scalar"]["alpha"]}
-        if cell.control is None:  # the report's time per stage reads the real cells' seconds
+        if cell.kind is None:  # the report's time per stage reads the real cells' seconds
             write_json_atomic(run_dir / "seconds" / cell.relpath().relative_to("cells"), dict(watch.seconds))
         written.append(write_json_atomic(run_dir / cell.relpath(), record))
     if clock is not None:
@@ -511,7 +575,7 @@ def _open_and_scan(run_dir: Path, config: RunConfig, force: bool) -> tuple[list[
     open_run_dir(run_dir, config, force)
     todo, skipped, corrupt = [], 0, []
     for cell in cells_of(config):
-        found, problem = read_cell(run_dir / cell.relpath())
+        found, problem = read_cell(run_dir / cell.relpath(), cell.required_keys)
         if problem:
             corrupt.append(problem)
         if found is None:
@@ -524,7 +588,7 @@ def _open_and_scan(run_dir: Path, config: RunConfig, force: bool) -> tuple[list[
 
 
 def _all_written(run_dir: Path, cells: Sequence[Cell]) -> bool:
-    return all(read_cell(run_dir / cell.relpath())[0] is not None for cell in cells)
+    return all(read_cell(run_dir / cell.relpath(), cell.required_keys)[0] is not None for cell in cells)
 
 
 def run(
@@ -558,6 +622,7 @@ def run(
     run_dir = Path(run_dir)
     task_names = [get_task(name).name for name in config.tasks]
     controls.check_controls(config.controls, task_names, config.cross_task, config.methods)
+    order.check_permutations(config.order_permutations)
     todo, skipped, recomputed = distributed.on_host0(_open_and_scan, run_dir, config, force)
     if only:
         unfinished = len(todo)

@@ -33,6 +33,7 @@ from jaxicl.report.cells import (
     Problem,
     load_cells,
     load_controls,
+    load_order,
     load_lr_selection,
     load_run_config,
     load_stage_seconds,
@@ -121,6 +122,8 @@ from jaxicl.report.tables import (
     accuracy_section,
     controls_csv_rows,
     controls_section,
+    order_csv_rows,
+    order_section,
     differences_csv_rows,
     lr_selection_rows,
     lr_selection_section,
@@ -188,7 +191,7 @@ def _problems_section(problems: Sequence[Problem]) -> list[str]:
 
 
 def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str], t2: dict, t1: dict,
-                differences: dict, control_cells: dict, times: list[list], out: Path) -> list[str]:
+                differences: dict, control_cells: dict, order_cells: list, times: list[list], out: Path) -> list[str]:
     """Tidy CSVs (one number per row, full precision) of everything the tables and plots show."""
     stat_header = ["n", "mean", "std"]
     paper = ["paper_mean", "paper_std"]
@@ -212,6 +215,9 @@ def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[
                         c.scalar.get("rec2ftp"), c.alpha] for c in cells]),
         "time_per_stage.csv": (["variant", "stage", "groups", "seconds"], times),
     }
+    if order_cells:
+        files["order_sensitivity.csv"] = (["task", "variant", "seed", "perm", "orders", "method", "mean_std"],
+                                          order_csv_rows(order_cells))
     if control_cells:
         files["controls.csv"] = (["control", "variant", "task", "metric", *stat_header, "real_minus_control", *ci],
                                  controls_csv_rows(cells, control_cells))
@@ -241,13 +247,14 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     t1_lines, t1 = table1_section(cells, tasks)
     differences = method_differences(cells, tasks)
     control_cells, control_problems = load_controls(run_dir)
-    csv_files = _write_csvs(cells, tasks, variants, t2, t1, differences, control_cells,
+    order_cells, order_problems = load_order(run_dir)
+    csv_files = _write_csvs(cells, tasks, variants, t2, t1, differences, control_cells, order_cells,
                             time_csv_rows(totals, timing), out)  # fmt: skip
-    problems = config_problems + problems + control_problems + seconds_problems + timing_problems
+    problems = config_problems + problems + control_problems + order_problems + seconds_problems + timing_problems
     lines = _header(config, cells, run_dir) + [""] + _problems_section(problems) + [""]
     lines += t2_lines + [""] + t1_lines + [""] + uncertainty_section(cells, tasks, t2, t1, differences) + [""]
     lines += accuracy_section(cells, tasks, variants) + [""]
-    lines += controls_section(cells, control_cells, tasks) + [""]
+    lines += controls_section(cells, control_cells, tasks) + [""] + order_section(order_cells) + [""]
     lines += random_section(cells, tasks, variants) + [""] + time_section(totals, timing) + [""]
     lines += (figures_section(cells, tasks, out, grad_norm_task) if plots
               else ["## Figures", "", "Not drawn (plots=False)."]) + [""]

@@ -351,6 +351,47 @@ def load_controls(run_dir: str | Path) -> tuple[dict[str, list[Cell]], list[Prob
     return out, problems
 
 
+@dataclass(frozen=True)
+class OrderCell:
+    """One run's order sensitivity (`jaxicl run --order-permutations P`): each method's mean std
+    across the P orders of the predicted class distribution."""
+
+    path: str
+    task: str
+    variant: str
+    seed: int
+    perm: int
+    n_orders: int
+    mean_std: Mapping[str, float]  # "icl", "gd", "lcgd" → mean over examples of the per-example std
+
+
+def load_order(run_dir: str | Path) -> tuple[list[OrderCell], list[Problem]]:
+    """The order cells under RUN_DIR/order/<task>/<variant>/, and the files left out."""
+    run_dir = Path(run_dir)
+    cells, problems = [], []
+    for path in sorted((run_dir / "order").glob("*/*/*.json")):
+        rel = path.relative_to(run_dir).as_posix()
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            methods = _dict_field(obj, "methods")
+            if "icl" not in methods or len(methods) < 2:
+                raise CellError("'methods' must hold icl and at least one finetuning method")
+            mean_std = {}
+            for name, entry in methods.items():
+                value = _need(entry, "mean_std", f"methods.{name}.")
+                if not _is_num(value) or value < 0:
+                    raise CellError(f"methods.{name}.mean_std must be a finite number >= 0, got {value!r}")
+                mean_std[name] = float(value)
+            orders = _need(obj, "permutations")
+            if not isinstance(orders, list) or len(orders) < 2:
+                raise CellError("'permutations' must list at least two orders")
+            cells.append(OrderCell(rel, _str_field(obj, "task"), _str_field(obj, "variant"), _int_field(obj, "seed"),
+                                   _int_field(obj, "perm"), len(orders), mean_std))  # fmt: skip
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, CellError) as e:
+            problems.append(Problem(rel, f"order cell left out: {e}"))
+    return cells, problems
+
+
 # ----------------------------------------------------------------------------- run.json
 
 

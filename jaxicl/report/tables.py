@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from jaxicl.metrics import PER_LAYER_KEYS
-from jaxicl.report.cells import Cell
+from jaxicl.report.cells import Cell, OrderCell
 from jaxicl.report.figures import plot_lr_selection
 from jaxicl.report.fmt import (
     MISSING,
@@ -455,3 +455,35 @@ def controls_csv_rows(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cel
                     rows.append([name, variant, t, m, *stat_cols(stat),
                                  *((diff.mean, *diff.ci) if diff else (None, None, None))])  # fmt: skip
     return rows
+
+
+# ----------------------------------------------------------------------------- order sensitivity
+
+
+def order_section(order_cells: Sequence[OrderCell]) -> list[str]:
+    """Mean std across demonstration orders of the predicted class distribution, per task and
+    method (mean ± std over runs), and ICL's over each finetuning method's (ratio of the means)."""
+    lines = ["## Order sensitivity (Shen et al.; `jaxicl run --order-permutations P`)", ""]
+    if not order_cells:
+        return lines + ["No order cells in this run directory."]
+    methods = [m for m in ("icl", *METHODS) if any(m in c.mean_std for c in order_cells)]
+    labels = {"icl": "ICL", **METHOD_LABELS}
+    header = ["task", "runs", "orders", *(f"std {labels[m]}" for m in methods),
+              *(f"ICL / {labels[m]}" for m in methods if m != "icl")]  # fmt: skip
+    for variant in order_variants({c.variant for c in order_cells}):
+        rows = []
+        for t in order_tasks({c.task for c in order_cells if c.variant == variant}):
+            mine = [c for c in order_cells if c.variant == variant and c.task == t]
+            stats = {m: mean_std(c.mean_std[m] for c in mine if m in c.mean_std) for m in methods}
+            ratios = [fmt_num(stats["icl"].mean / stats[m].mean) if stats[m] and stats[m].mean > 0 else MISSING
+                      for m in methods if m != "icl"]  # fmt: skip
+            rows.append([task_label(t), str(len(mine)), "/".join(sorted({str(c.n_orders) for c in mine})),
+                         *(fmt_stat(stats[m], 3) for m in methods), *ratios])  # fmt: skip
+        lines += [f"### {variant_label(variant)}", ""] + md_table(header, rows) + [""]
+    return lines + ["Std across orders (ddof=1) of each class's predicted probability, averaged over classes, "
+                    "then eval examples; mean ± std over runs. Ratio: ICL's mean over the method's (> 1: ICL "
+                    "moves more with the order)."]  # fmt: skip
+
+
+def order_csv_rows(order_cells: Sequence[OrderCell]) -> list[list]:
+    return [[c.task, c.variant, c.seed, c.perm, c.n_orders, m, v] for c in order_cells for m, v in c.mean_std.items()]
