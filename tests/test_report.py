@@ -669,3 +669,18 @@ def test_per_example_values_that_do_not_average_to_the_scalar_are_a_problem(tmp_
     write_cell(run_dir, cell)
     cells, problems = load_cells(run_dir)
     assert not cells and "per_example.simaou averages to" in problems[0].reason
+
+
+def test_intervals_from_cells_csv_equal_the_reports_own_for_cells_without_per_example_values(run_dir: Path):
+    """experiments/intervals_from_cells_csv.py: the committed reproduction keeps only cells.csv."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "experiments" / "intervals_from_cells_csv.py"
+    spec = importlib.util.spec_from_file_location("intervals_from_cells_csv", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main = module.main
+    md = write_report(run_dir, plots=False).read_text()
+    out = run_dir / "intervals.md"
+    main([str(run_dir / "report" / "cells.csv"), "--out", str(out)])
+    assert out.read_text().strip() == section(md, "## Uncertainty").strip()
