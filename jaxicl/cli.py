@@ -116,6 +116,7 @@ def _run(args: argparse.Namespace) -> int | None:
     from jaxicl import compile_cache, distributed
     from jaxicl.data.tasks import get_task
     from jaxicl.experiment import RunConfig, RunInterrupted, parse_only, run
+    from jaxicl.revisions import parse_checkpoints
     from jaxicl.tune import rates_for
 
     distributed.initialize()  # joins the other processes of a multi-host run; else a no-op
@@ -140,6 +141,7 @@ def _run(args: argparse.Namespace) -> int | None:
         lrs_source=None if rates is None else ("selected" if args.lrs == "selected" else str(args.lrs)),
         token_wise=args.token_wise, controls=_csv(args.controls) or (),
         cross_task=_pairs(args.cross_task), order_permutations=args.order_permutations,
+        checkpoints=None if args.checkpoints is None else parse_checkpoints(args.checkpoints),
     )  # fmt: skip
     try:
         counts = run(config, args.out, force=args.force, only=parse_only(args.only), profile_dir=args.profile,
@@ -246,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(cells under RUN_DIR/controls/, never in Tables 1-2)")
     rn.add_argument("--cross-task", default=None, metavar="A:B,...",
                     help="the cross-task control's partner of each task (default: the next task of the grid)")
+    rn.add_argument("--checkpoints", default=None, metavar="REV1,REV2|@FILE",
+                    help="run the grid on each revision of --model (hf:org/name@REV, or DIR/REV for a local "
+                    "directory), e.g. Pythia's step0,step1000,...; one run directory per revision")
     rn.add_argument("--order-permutations", type=int, default=0, metavar="P",
                     help="order sensitivity (Shen et al.): ICL and GD/LCGD under P >= 2 orders of each run's "
                     "demonstrations (0: off; 8 is a common choice)")

@@ -83,6 +83,8 @@ class RunConfig:
     lrs_source: str | None = None  # where `lrs` came from ("selected", a file); None: the paper
     token_wise: bool = False  # also record attn_out at every query token: IA2's token-wise SimAOU
     order_permutations: int = 0  # P >= 2: order sensitivity over P orders of each run's demos (order.py)
+    checkpoints: tuple[str, ...] | None = None  # revisions of `model`: the grid runs on each (revisions.py)
+    revision: str | None = None  # set by revisions.py in each revision's own run directory
     controls: tuple[str, ...] = ()  # task-specificity controls (jaxicl/controls.py), GD only
     cross_task: tuple[tuple[str, str], ...] | None = None  # (A, B): A's cross-task partner; default next task
 
@@ -418,7 +420,8 @@ def _order_record(lm, config: RunConfig, run_dir: Path, task, cell: Cell, prompt
     scores = {m: [r.scores for r in per_order] for m, per_order in scores.items()}
     lr, lr_origin = config.learning_rate(task)
     return {
-        "task": task.name, "model": config.model, "variant": cell.variant, "seed": cell.seed, "perm": cell.perm,
+        "task": task.name, "model": config.model, "revision": config.revision, "variant": cell.variant,
+        "seed": cell.seed, "perm": cell.perm,
         "k_icl": prompts.k_icl, "n_eval": prompts.n_eval, "lr": lr, "lr_origin": lr_origin,
         "permutations": [list(o) for o in orders], **order.summarize(scores, prompts.gold_labels),
         "config": config.to_json(), "versions": versions(),
@@ -488,7 +491,8 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
                 raise JaxiclError(f"{cell.name()}: token-wise SimAOU was asked for but a record of it is missing")
         lr, lr_origin = config.learning_rate(plan.task)
         record = {
-            "task": task_name, "model": config.model, "variant": variant, "method": cell.method,
+            "task": task_name, "model": config.model, "revision": config.revision, "variant": variant,
+            "method": cell.method,
             "seed": seed, "perm": perm, "k": config.k, "k_icl": prompts.k_icl, "n_eval": prompts.n_eval,
             "lr": lr, "lr_origin": lr_origin,
             "accuracy": {"zs": zs.accuracy(gold), "icl": plan.icl.accuracy(gold), "ft": ft.accuracy(gold)},
@@ -623,6 +627,12 @@ def run(
     task_names = [get_task(name).name for name in config.tasks]
     controls.check_controls(config.controls, task_names, config.cross_task, config.methods)
     order.check_permutations(config.order_permutations)
+    if config.checkpoints:  # one run directory per revision, under this one
+        from jaxicl.revisions import run_checkpoints
+
+        if lm is not None:
+            raise JaxiclError("a run over --checkpoints loads each revision itself: pass no lm")
+        return run_checkpoints(config, run_dir, force=force, only=only, quiet=quiet, batch_runs=batch_runs)
     todo, skipped, recomputed = distributed.on_host0(_open_and_scan, run_dir, config, force)
     if only:
         unfinished = len(todo)

@@ -40,6 +40,7 @@ from jaxicl.report.cells import (
     load_timing,
     parse_cell,
 )
+from jaxicl.report.checkpoints import checkpoints_section, load_revisions
 from jaxicl.report.figures import (
     DEFAULT_GRAD_TASK,
     METHOD_COLORS,
@@ -262,6 +263,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     if selection_problems:
         lines += [f"- `{p.path}`: {p.reason}" for p in selection_problems] + [""]
     lines += lr_selection_section(selection, out, plots) + [""]
+    revisions, revision_problems = load_revisions(run_dir)
+    if revisions or revision_problems:
+        lines += [f"- `{p.path}`: {p.reason}" for p in revision_problems]
+        lines += checkpoints_section(revisions, out, plots) + [""]
     lines += ["## Files", ""] + [f"- [{name}]({name})" for name in csv_files]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
