@@ -4,6 +4,9 @@ runs both directories have.
 
     python experiments/compare_runs.py RUN_A RUN_B [--names "paper's rates" "selected rates"] [--variant trained]
 
+RUN_A or RUN_B may also be a report's cells.csv (e.g. docs/results/report/cells.csv, the committed
+reproduction at the paper's rates, whose cell files are not in the repository).
+
 Prints markdown; nothing is recomputed (the numbers are the cells' own).
 """
 
@@ -17,19 +20,28 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo's jaxicl importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxicl.report import TABLE_METRICS, METRIC_LABELS, fmt_stat, load_cells, mean_std, order_tasks, select  # noqa: E402
+from jaxicl.data.tasks import get_task  # noqa: E402
+from jaxicl.report import TABLE_METRICS, METRIC_LABELS, Cell, fmt_stat, load_cells, mean_std, order_tasks, select  # noqa: E402
+from jaxicl.report.cells import load_cells_csv  # noqa: E402
 
 ACCURACIES = ("zs", "icl", "ft")
 
 
-def _rate(run_dir: Path, cell_path: str) -> str:
-    cell = json.loads((run_dir / cell_path).read_text())
-    return f"{cell['lr']:g}"
+def _rate(source: Path, cell: Cell) -> str:
+    """The cell's finetuning rate: from its file, or (a cells.csv, which has no rates) the paper's."""
+    if source.is_file():
+        return f"{get_task(cell.task).lr:g} (paper's)"
+    return f"{json.loads((source / cell.path).read_text())['lr']:g}"
+
+
+def _cells(source: Path) -> list[Cell]:
+    """A run directory's cells, or those of a report's cells.csv (the committed reproduction's)."""
+    return load_cells_csv(source) if source.is_file() else load_cells(source)[0]
 
 
 def compare(run_a: Path, run_b: Path, names: tuple[str, str], variant: str) -> list[str]:
     """Markdown rows: one per (task, method, run directory), on the (seed, perm) runs both have."""
-    cells = {name: select(load_cells(d)[0], variant=variant) for name, d in zip(names, (run_a, run_b))}
+    cells = {name: select(_cells(d), variant=variant) for name, d in zip(names, (run_a, run_b))}
     dirs = dict(zip(names, (run_a, run_b)))
     header = ["task", "method", "rates", "lr", *(f"acc {a}" for a in ACCURACIES), *(METRIC_LABELS[m] for m in TABLE_METRICS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -42,7 +54,7 @@ def compare(run_a: Path, run_b: Path, names: tuple[str, str], variant: str) -> l
                 mine = [c for c in select(cells[name], task=task, method=method) if (c.seed, c.perm) in shared]
                 if not mine:
                     continue
-                row = [task, method.upper(), name, _rate(dirs[name], mine[0].path)]
+                row = [task, method.upper(), name, _rate(dirs[name], mine[0])]
                 row += [fmt_stat(mean_std(c.accuracy[a] for c in mine), 3) for a in ACCURACIES]
                 row += [fmt_stat(mean_std(v for c in mine if (v := c.value(m)) is not None)) for m in TABLE_METRICS]
                 lines.append("| " + " | ".join(row) + " |")

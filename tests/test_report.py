@@ -586,6 +586,11 @@ def test_compare_runs_puts_two_run_directories_side_by_side_on_shared_runs(tmp_p
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert rows[0][header.index("acc ft")] == "0.500 ± 0.000" and rows[1][header.index("acc ft")] == "0.950 ± 0.071"
     assert rows[1][header.index("SimAOU")] == "0.30 ± 0.00"
+    # a report's cells.csv stands for a run whose cell files are gone (rates: the paper's)
+    write_report(a, plots=False)
+    from_csv = compare_runs.compare(a / "report" / "cells.csv", b, ("paper", "selected"), "trained")
+    assert [c.strip() for c in from_csv[2].strip("|").split("|")][:4] == ["sst2", "GD", "paper", "0.0005 (paper's)"]
+    assert from_csv[2:][0].split("|")[7:] == lines[2:][0].split("|")[7:]  # the same accuracies and metrics
 
 
 # --- the hierarchical bootstrap (issue 15) ------------------------------------------------------------

@@ -15,6 +15,7 @@ RUN_DIR/lr_selection.json when present.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -335,6 +336,28 @@ def load_cells(run_dir: str | Path, root: tuple[str, ...] = ("cells",)) -> tuple
         seen[key] = rel
         cells.append(cell)
     return _drop_odd_layer_counts(cells, problems), problems
+
+
+def load_cells_csv(path: str | Path) -> list[Cell]:
+    """Cells rebuilt from a report's cells.csv (one layer-mean per metric, no per-layer lists and no
+    per-example values): for a run whose cell files are not at hand, e.g. the committed reproduction."""
+    def num(text: str | None) -> float | None:
+        return float(text) if text not in ("", None) else None
+
+    cells = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            scalar = {m: v for m in CELL_METRICS if (v := num(row.get(m))) is not None}
+            cells.append(Cell(
+                path=row["path"], task=row["task"], variant=row["variant"], method=row["method"],
+                seed=int(row["seed"]), perm=int(row["perm"]), model=None, n_eval=None,
+                k_icl=int(row["k_icl"]) if row.get("k_icl") else None,
+                accuracy={k: float(row[k]) for k in ACCURACY_KEYS},
+                per_layer={m: (v,) for m, v in scalar.items()},
+                scalar=scalar | {"rec2ftp": num(row.get("rec2ftp"))}, alpha=num(row.get("alpha")),
+                alpha_per_layer=None, grad_norms=None,
+            ))  # fmt: skip
+    return cells
 
 
 def load_controls(run_dir: str | Path) -> tuple[dict[str, list[Cell]], list[Problem]]:
