@@ -122,8 +122,9 @@ def json_float(x: float) -> float | None:
 # ----------------------------------------------------------------------------------- validation
 
 
-def _chunks(n: int) -> Iterator[slice]:
-    size = max(1, int(CHUNK))  # read at call time, so tests can shrink it
+def _chunks(n: int, divide: int = 1) -> Iterator[slice]:
+    """Example slices of CHUNK // divide (records with a token axis take Q times the memory)."""
+    size = max(1, int(CHUNK) // divide)  # read at call time, so tests can shrink it
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 
@@ -308,7 +309,7 @@ def tokenwise_simaou_per_example(h_zs: Any, h_icl: Any, h_ft: Any, lengths: Any)
 
 def _tokenwise_checked(h_zs: np.ndarray, h_icl: np.ndarray, h_ft: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     out = np.empty(h_zs.shape[:2], np.float64)
-    for s in _chunks(h_zs.shape[0]):
+    for s in _chunks(h_zs.shape[0], divide=h_zs.shape[-1]):  # float64 temporaries of [chunk, L, d, Q]
         zs = np.asarray(h_zs[s], np.float64)
         per_token = cosine(np.swapaxes(np.asarray(h_icl[s], np.float64) - zs, -1, -2),
                            np.swapaxes(np.asarray(h_ft[s], np.float64) - zs, -1, -2))  # [n, L, Q]  # fmt: skip
