@@ -18,7 +18,8 @@ from jaxicl.models.transformer import forward
 
 
 def load(name_or_path: str | os.PathLike = registry.DEFAULT_MODEL, dtype=jnp.float32) -> LM:
-    """Load a registry name ("gemma3-270m", "smollm2-135m"), a .gguf file, an HF directory or "hf:org/name"."""
+    """Load a registry name ("gemma3-270m", "smollm2-135m"), a .gguf file, an HF directory or
+    "hf:org/name[@revision]"."""
     path = registry.resolve(name_or_path)
     if path.is_file() and path.suffix == ".gguf":
         from jaxicl.io.gguf import load_gguf

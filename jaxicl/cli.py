@@ -183,13 +183,36 @@ def _tune(args: argparse.Namespace) -> int | None:
           f"({result['engine']}, {config.search} search, selected on the {config.select_on} set)")
 
 
+def _models(args: argparse.Namespace) -> None:
+    """`jaxicl models`: the registry names and the supported families with their sources."""
+    import json
+
+    from jaxicl.io.registry import supported_models
+
+    models = supported_models()
+    if args.json:
+        print(json.dumps(models, indent=1))
+        return
+    print("Registry names (jaxicl.load(name); the default first):")
+    for entry in models["registry"]:
+        mark = " (default)" if entry.get("default") else ""
+        print(f"  {entry['name']}{mark}: {entry['description']} [{entry['family']}, {entry['format']}; needs {entry['needs']}]")
+    print("\nFamilies (a Hugging Face directory, hf:org/name[@revision], or a GGUF file where listed):")
+    for entry in models["families"]:
+        gguf = ", ".join(entry["gguf_architectures"]) or "none"
+        print(f"  {entry['family']}: HF model_type {', '.join(entry['hf_model_types'])}; GGUF architecture {gguf}; "
+              f"sources: {'; '.join(entry['sources'])}")
+
+
 def _report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from jaxicl.report import write_report
 
-    if not (Path(args.run_dir) / "cells").is_dir():
-        raise JaxiclError(f"{args.run_dir} is not a run directory (no cells/ in it); create one with `jaxicl run`")
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "cells").is_dir() and not (run_dir / "revisions.json").is_file():
+        raise JaxiclError(f"{args.run_dir} is not a run directory (no cells/ or revisions.json in it); "
+                          "create one with `jaxicl run`")  # fmt: skip
     path = write_report(args.run_dir, args.out)
     print(f"wrote {path}")
 
@@ -284,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="finetune every (rate, run) together under vmap and score them together (auto: accelerator)")
     tn.add_argument("--compile-cache", default=None, metavar="DIR|off")
     tn.set_defaults(func=_tune)
+
+    md = sub.add_parser("models", help="the registry names and the supported model families, with their sources")
+    md.add_argument("--json", action="store_true", help="print the same as JSON")
+    md.set_defaults(func=_models)
 
     rp = sub.add_parser("report", help="tables and plots of a run directory")
     rp.add_argument("run_dir")

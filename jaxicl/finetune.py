@@ -631,7 +631,7 @@ def run_key(
     """Hash of everything a finetuning result depends on; `base` identifies the starting params."""
     return checkpoint.fingerprint(
         {
-            "model": dataclasses.asdict(config),
+            "model": config.fingerprint_fields(),
             "options": dataclasses.asdict(options),
             "mask": [list(e) for e in mask.entries],
             "sequences": [list(map(int, s)) for s in sequences],

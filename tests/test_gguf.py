@@ -24,6 +24,7 @@ from tests import tiny_gguf as tg  # noqa: E402
 from jaxicl.errors import CheckpointError, ModelNotFoundError  # noqa: E402
 from jaxicl.io import gguf as gguf_io  # noqa: E402
 from jaxicl.io.gguf import load_gguf  # noqa: E402
+from jaxicl.io.hf import load_hf_dir  # noqa: E402
 from jaxicl.models.transformer import forward  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -139,6 +140,84 @@ def test_gemma3_metadata_maps_to_config(tmp_path, raw_tok, vocab):
     assert all(v.dtype == np.float32 for v in _leaves(params))
 
 
+# Other architectures: each file written from a tiny HF model that is also saved as an HF directory,
+# so the GGUF load is checked against the HF load (and both against torch).
+FAMILY_FILES = {
+    # name: (tiny model, GGUF architecture, extra metadata)
+    "qwen2": (lambda v: tg.qwen2_model(v), "qwen2", None),  # q/k/v biases, no o bias, untied
+    "qwen2-tied": (lambda v: tg.qwen2_model(v, tied=True), "qwen2", None),
+    "qwen3": (tg.qwen3_model, "qwen3", None),  # QK-norms, head_dim != d / heads
+    "mistral": (tg.mistral_model, "llama", {"llama.attention.sliding_window": 4}),  # window shorter than prompts
+    "mistral-no-window": (lambda v: tg.mistral_model(v, window=None), "llama", None),  # as llama.cpp writes it
+    "gptneox": (tg.gptneox_model, "gptneox", None),  # fused QKV, partial RoPE, parallel residual
+    "gptneox-sequential": (lambda v: tg.gptneox_model(v, parallel=False), "gptneox", None),
+}
+ARCHITECTURE_KNOBS = (
+    "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_positions", "norm_kind", "rope_base",
+    "rope_scaling_factor", "rotary_dim", "sliding_window", "layer_is_local", "rope_local_base", "qk_norm",
+    "attn_bias", "attn_out_bias", "mlp_bias", "gated_mlp", "activation", "parallel_residual", "tie_embeddings",
+)  # fmt: skip
+
+
+def _logits(config, params, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.asarray(forward(params, config, jnp.asarray(batch), valid=jnp.asarray(valid)).logits)
+
+
+@pytest.mark.parametrize("name", list(FAMILY_FILES))
+def test_family_file_equals_hf_directory(tmp_path, raw_tok, vocab, name):
+    build, arch, extra = FAMILY_FILES[name]
+    model = build(vocab)
+    model.save_pretrained(tmp_path / "hf")
+    path = tg.write_model(tmp_path / f"{name}.gguf", model, arch, raw_tok, add_bos=False, extra_metadata=extra)
+    config, params, tok = load_gguf(path)
+    hf_config, hf_params, _ = load_hf_dir(tmp_path / "hf")
+    assert config.family == ("llama" if name == "mistral-no-window" else hf_config.family)
+    assert {k: getattr(config, k) for k in ARCHITECTURE_KNOBS} == {k: getattr(hf_config, k) for k in ARCHITECTURE_KNOBS}
+    batch, valid = _padded([tok.encode(p) for p in PROMPTS])
+    delta = np.abs(_logits(config, params, batch, valid) - _logits(hf_config, hf_params, batch, valid))[valid].max()
+    err, width = _max_logit_error(path, model)
+    print(f"\n{name}: max |delta logit| GGUF vs HF load = {delta:.2e}, vs torch = {err:.2e}")
+    assert delta <= LOGIT_TOL and err <= LOGIT_TOL
+    assert width > 3 * 4  # longer than the Mistral window
+
+
+def test_qwen2_file_rows_are_not_permuted(tmp_path, raw_tok, vocab):
+    """llama.cpp permutes q/k rows for `llama` only: a qwen2 file holds HF's rows as they are."""
+    model = tg.qwen2_model(vocab)
+    path = tg.write_model(tmp_path / "qwen2.gguf", model, "qwen2", raw_tok)
+    _, params, _ = load_gguf(path)
+    hf = model.state_dict()
+    np.testing.assert_array_equal(params["blocks"]["q"]["w"][1], hf["model.layers.1.self_attn.q_proj.weight"].numpy().T)
+    np.testing.assert_array_equal(params["blocks"]["k"]["b"][0], hf["model.layers.0.self_attn.k_proj.bias"].numpy())
+
+
+def test_gptneox_fused_qkv_is_split_per_head(tmp_path, raw_tok, vocab):
+    """The q | k | v row blocks of attn_qkv are transformers' [heads, 3, head_dim] rows, regrouped."""
+    model = tg.gptneox_model(vocab)
+    path = tg.write_model(tmp_path / "neox.gguf", model, "gptneox", raw_tok)
+    _, params, _ = load_gguf(path)
+    fused = model.state_dict()["gpt_neox.layers.1.attention.query_key_value.weight"].numpy()
+    per_head = fused.reshape(4, 3, 16, 64)
+    for index, leaf in enumerate(("q", "k", "v")):
+        expected = per_head[:, index].reshape(64, 64).T
+        np.testing.assert_array_equal(params["blocks"][leaf]["w"][1], expected, err_msg=leaf)
+
+
+def test_qwen_sliding_window_metadata_is_refused(tmp_path, raw_tok, vocab):
+    """Which Qwen layers a window covers is not in GGUF (max_window_layers): refused, not guessed."""
+    model = tg.qwen2_model(vocab)
+    extra = {"qwen2.attention.sliding_window": 4}
+    path = tg.write_model(tmp_path / "q.gguf", model, "qwen2", raw_tok, extra_metadata=extra)
+    with pytest.raises(CheckpointError, match=r"qwen2\.attention\.sliding_window is not supported for qwen2"):
+        load_gguf(path)
+
+
+def test_partial_rope_is_refused_for_llama(tmp_path, llama_file):
+    path = _variant(tmp_path, llama_file[1], meta={"llama.rope.dimension_count": 8})
+    with pytest.raises(CheckpointError, match=r"llama\.rope\.dimension_count=8 with key_length=16.*partial RoPE"):
+        load_gguf(path)
+
+
 def test_llama_metadata_maps_to_config(llama_file):
     config, params, _ = load_gguf(llama_file[0])
     assert (config.family, config.activation, config.norm_plus_one, config.qk_norm) == ("llama", "silu", False, False)
@@ -198,11 +277,12 @@ def test_quantized_tensors_are_the_dequantized_file(tmp_path, raw_tok, vocab, qt
     assert checked == 2 + 2 * 7
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gptneox"])
 def test_q8_0_logits_match_torch_on_the_dequantized_weights(tmp_path, raw_tok, vocab, arch):
     """End to end through a quantized file: the reference is the torch model whose matrices are
-    replaced by their Q8_0 round trip, so the tolerance stays that of F32 parity."""
-    model = tg.llama_model(vocab) if arch == "llama" else tg.gemma3_model(vocab)
+    replaced by their Q8_0 round trip, so the tolerance stays that of F32 parity (quantization is
+    per row, so llama's row permutation and GPT-NeoX's row regrouping commute with it)."""
+    model = {"llama": tg.llama_model, "gemma3": tg.gemma3_model, "gptneox": tg.gptneox_model}[arch](vocab)
     path = tg.write_model(tmp_path / "q8.gguf", model, arch, raw_tok, qtype=Q.Q8_0)
     with torch.no_grad():
         for p in model.parameters():
@@ -326,8 +406,10 @@ def test_missing_metadata_names_the_key(tmp_path, llama_file):
 
 def test_unsupported_architecture_names_it_and_the_file(tmp_path, llama_file):
     path = _variant(tmp_path, llama_file[1], arch="mamba")
-    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}.*'mamba'"):
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}.*'mamba'") as e:
         load_gguf(path)
+    assert all(repr(arch) in str(e.value) for arch in ("llama", "gemma3", "qwen2", "qwen3", "gptneox"))
+    assert set(gguf_io.GGUF_FAMILIES) == set(gguf_io._CONFIG_BUILDERS)
 
 
 def test_unsupported_rope_scaling_is_refused(tmp_path, llama_file):

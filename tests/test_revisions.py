@@ -66,7 +66,10 @@ def test_the_grid_runs_on_each_revision_apart_and_the_report_follows_training(re
     assert theirs["revision"] == "step0" and theirs["model"].endswith("step0")
     assert run(config, tmp_path, quiet=True) == {"done": 0, "skipped": 4, "recomputed": 0, "deferred": 0}
 
-    md = write_report(tmp_path).read_text()
+    from jaxicl import cli
+
+    assert cli.main(["report", str(tmp_path)]) == 0  # a checkpoints run directory has no cells/ of its own
+    md = (tmp_path / "report" / "report.md").read_text()
     assert "## Across training checkpoints" in md and "| step1000 | 1000 | 2 |" in md
     assert (tmp_path / "report" / "checkpoints.png").stat().st_size > 1000
     rows = (tmp_path / "report" / "checkpoints.csv").read_text().splitlines()

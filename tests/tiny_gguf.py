@@ -2,7 +2,9 @@
 
 The conventions reproduced here are the ones `jaxicl.io.gguf` must undo: Hugging Face [out, in]
 weights written as-is (GGUF then lists the shape reversed), the per-head row interleave of
-attn_q / attn_k for the `llama` architecture, and +1 on every Gemma norm weight. The tokenizer is a
+attn_q / attn_k for the `llama` architecture (Mistral included; not for qwen2/qwen3, whose
+converter writes HF's rows), +1 on every Gemma norm weight, and GPT-NeoX's fused query_key_value
+rows reordered from per-head [heads, 3, head_dim] to q | k | v. The tokenizer is a
 byte-level BPE trained here on a few sentences and written as `tokenizer.ggml.model = gpt2`.
 """
 
@@ -105,6 +107,51 @@ def gemma3_model(vocab: int, *, layer_types: list[str] | None = None, seed: int 
     return _build(transformers.Gemma3ForCausalLM, config, plus_one_norms=True, seed=seed)
 
 
+def _rotary_config(cls, vocab: int, **extra):
+    """The tiny shape shared by the Llama-like families (GQA, 2 layers)."""
+    return cls(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, **extra,
+    )
+
+
+def qwen2_model(vocab: int, *, tied: bool = False, seed: int = 0):
+    config = _rotary_config(
+        transformers.Qwen2Config, vocab, tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": 2000.0},
+    )
+    return _build(transformers.Qwen2ForCausalLM, config, plus_one_norms=False, seed=seed)
+
+
+def qwen3_model(vocab: int, *, seed: int = 0):
+    """head_dim 32 != hidden_size / heads, as in the real Qwen3 sizes."""
+    config = _rotary_config(
+        transformers.Qwen3Config, vocab, head_dim=32, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 2000.0},
+    )
+    return _build(transformers.Qwen3ForCausalLM, config, plus_one_norms=False, seed=seed)
+
+
+def mistral_model(vocab: int, *, window: int | None = 4, seed: int = 0):
+    config = _rotary_config(
+        transformers.MistralConfig, vocab, sliding_window=window, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+    )
+    return _build(transformers.MistralForCausalLM, config, plus_one_norms=False, seed=seed)
+
+
+def gptneox_model(vocab: int, *, parallel: bool = True, seed: int = 0):
+    """Pythia-like: rotary on a quarter of each head, untied embed_out, RoPE base 10000 (llama.cpp
+    writes no freq_base for gptneox, so a file only carries the default)."""
+    config = transformers.GPTNeoXConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, rotary_pct=0.25, rotary_emb_base=10000.0, use_parallel_residual=parallel,
+        layer_norm_eps=1e-5, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+    )
+    return _build(transformers.GPTNeoXForCausalLM, config, plus_one_norms=False, seed=seed)
+
+
 def _build(cls, config, *, plus_one_norms: bool, seed: int):
     """fp32 eager model with every parameter random, so any misplaced tensor changes the logits.
 
@@ -144,8 +191,43 @@ def llamacpp_permute(rows: np.ndarray, heads: int) -> np.ndarray:
     return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
+_GPTNEOX_NAMES = {
+    "input_layernorm": "attn_norm", "attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
+    "post_attention_layernorm": "ffn_norm", "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down",
+}
+_GPTNEOX_TOP = {
+    "gpt_neox.embed_in.weight": "token_embd.weight", "gpt_neox.final_layer_norm.weight": "output_norm.weight",
+    "gpt_neox.final_layer_norm.bias": "output_norm.bias", "embed_out.weight": "output.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def gptneox_qkv(value: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's re-format of query_key_value rows: per-head [heads, 3, hd] to q | k | v."""
+    per_head = value.reshape(heads, 3, -1, *value.shape[1:])
+    return np.concatenate([per_head[:, i].reshape(-1, *value.shape[1:]) for i in range(3)])
+
+
+def _gptneox_tensors(model) -> dict[str, np.ndarray]:
+    cfg = model.config
+    out = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().numpy().astype(np.float32)
+        if name.startswith("gpt_neox.layers."):
+            _, _, layer, rest = name.split(".", 3)
+            module, leaf = rest.rsplit(".", 1)
+            if module == "attention.query_key_value":
+                value = gptneox_qkv(value, cfg.num_attention_heads)
+            out[f"blk.{layer}.{_GPTNEOX_NAMES[module]}.{leaf}"] = value
+        else:
+            out[_GPTNEOX_TOP[name]] = value
+    return out
+
+
 def gguf_tensors(model, arch: str) -> dict[str, np.ndarray]:
     """The model's tensors under llama.cpp's names, in the layout and values its converter writes."""
+    if arch == "gptneox":
+        return _gptneox_tensors(model)
     cfg = model.config
     renames = _LAYER_NAMES | (_GEMMA_NORMS if arch == "gemma3" else _LLAMA_NORMS)
     out = {}
@@ -173,9 +255,27 @@ def gguf_tensors(model, arch: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _gptneox_metadata(cfg) -> dict[str, Any]:
+    """What llama.cpp's GPTNeoXModel.set_gguf_parameters writes (no freq_base: the default 10000)."""
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    rope = cfg.rope_parameters
+    return {
+        "gptneox.context_length": cfg.max_position_embeddings,
+        "gptneox.embedding_length": cfg.hidden_size,
+        "gptneox.block_count": cfg.num_hidden_layers,
+        "gptneox.feed_forward_length": cfg.intermediate_size,
+        "gptneox.rope.dimension_count": int(rope["partial_rotary_factor"] * head_dim),
+        "gptneox.attention.head_count": cfg.num_attention_heads,
+        "gptneox.use_parallel_residual": cfg.use_parallel_residual,
+        "gptneox.attention.layer_norm_epsilon": float(cfg.layer_norm_eps),
+    }
+
+
 def model_metadata(model, arch: str) -> dict[str, Any]:
     """The `{arch}.*` hyperparameter keys llama.cpp writes for this model."""
     cfg = model.config
+    if arch == "gptneox":
+        return _gptneox_metadata(cfg)
     meta = {
         f"{arch}.context_length": cfg.max_position_embeddings,
         f"{arch}.embedding_length": cfg.hidden_size,
@@ -191,6 +291,10 @@ def model_metadata(model, arch: str) -> dict[str, Any]:
             "llama.rope.dimension_count": cfg.hidden_size // cfg.num_attention_heads,
             "llama.vocab_size": cfg.vocab_size,
         }
+    elif arch in ("qwen2", "qwen3"):  # the base converter's keys (key_length where config has head_dim)
+        meta[f"{arch}.rope.freq_base"] = float(cfg.rope_parameters["rope_theta"])
+        if getattr(cfg, "head_dim", None):
+            meta |= {f"{arch}.attention.key_length": cfg.head_dim, f"{arch}.attention.value_length": cfg.head_dim}
     else:
         full = cfg.rope_parameters["full_attention"]
         meta |= {

@@ -5,7 +5,15 @@ What a GGUF stores differs from the params layout in a few llama.cpp conventions
     transposed to our [in, out];
   * Gemma norm weights are stored as 1 + w; we keep the (1 + w) convention, so subtract 1;
   * for the `llama` architecture the rows of attn_q / attn_k are permuted per head for
-    llama.cpp's interleaved RoPE; we un-permute to the rotate-half (Hugging Face) layout.
+    llama.cpp's interleaved RoPE; we un-permute to the rotate-half (Hugging Face) layout. `qwen2`,
+    `qwen3` and `gptneox` use llama.cpp's NEOX (rotate-half) RoPE, so their rows are as in HF;
+  * `gptneox` fuses q, k and v into attn_qkv, whose rows llama.cpp's converter reorders from
+    transformers' per-head [heads, 3, head_dim] to q | k | v; we take the three row blocks.
+
+Architectures: `llama` (Llama, and Mistral, which llama.cpp converts to `llama`: a file that states
+`llama.attention.sliding_window` loads as Mistral with that window on every layer, one that does
+not as full attention, as llama.cpp runs it), `gemma3`, `qwen2`, `qwen3`, `gptneox` (exact GELU, as
+the Hugging Face model; llama.cpp itself uses the tanh approximation).
 
 Every tensor is dequantized with `gguf.quants.dequantize` into preallocated float32 arrays, a
 chunk of rows at a time, so peak memory stays near the size of the float32 params. Anything the
@@ -172,7 +180,31 @@ def _add_bos(meta: _Metadata) -> bool:
     return meta.get_str("tokenizer.ggml.model", None) == "llama"
 
 
-def _shared_config(meta: _Metadata, arch: str, tensors: dict) -> dict:
+def _rotary_dim(meta: _Metadata, arch: str, head_dim: int) -> int | None:
+    """rope.dimension_count as our rotary_dim; a partial count only where llama.cpp rotates halves."""
+    rope_dims = meta.get_int(f"{arch}.rope.dimension_count", head_dim)
+    if rope_dims == head_dim:
+        return None
+    if arch not in _NEOX_ROPE:
+        raise CheckpointError(
+            f"{meta.source}: {arch}.rope.dimension_count={rope_dims} with key_length={head_dim};"
+            f" partial RoPE is only read for {sorted(_NEOX_ROPE)}"
+        )
+    return rope_dims
+
+
+def _attention_biases(tensors: dict) -> dict:
+    """Bias knobs from the tensors present: q/k/v biases (separate or fused), and whether o has one."""
+    qkv = "blk.0.attn_q.bias" in tensors or "blk.0.attn_qkv.bias" in tensors
+    return dict(attn_bias=qkv, attn_out_bias=not qkv or "blk.0.attn_output.bias" in tensors)
+
+
+def _norm_eps(meta: _Metadata, arch: str, norm_kind: str) -> float:
+    key = "layer_norm_rms_epsilon" if norm_kind == "rms" else "layer_norm_epsilon"
+    return meta.get_float(f"{arch}.attention.{key}")
+
+
+def _shared_config(meta: _Metadata, arch: str, tensors: dict, norm_kind: str = "rms") -> dict:
     """Knobs every rotary decoder states the same way (llama.cpp's `{arch}.*` keys)."""
     for key in ("attention.head_count", "attention.head_count_kv", "feed_forward_length"):
         if meta.is_array(f"{arch}.{key}"):
@@ -188,11 +220,9 @@ def _shared_config(meta: _Metadata, arch: str, tensors: dict) -> dict:
     n_heads = meta.get_int(f"{arch}.attention.head_count")
     head_dim = meta.get_int(f"{arch}.attention.key_length", None) or meta.get_int(f"{arch}.embedding_length") // n_heads
     value_dim = meta.get_int(f"{arch}.attention.value_length", head_dim)
-    rope_dims = meta.get_int(f"{arch}.rope.dimension_count", head_dim)
-    if value_dim != head_dim or rope_dims != head_dim:
+    if value_dim != head_dim:
         raise CheckpointError(
-            f"{meta.source}: key_length={head_dim}, value_length={value_dim}, rope.dimension_count={rope_dims};"
-            " only equal values are supported"
+            f"{meta.source}: key_length={head_dim}, value_length={value_dim}; only equal values are supported"
         )
     return dict(
         vocab_size=vocab,
@@ -203,22 +233,62 @@ def _shared_config(meta: _Metadata, arch: str, tensors: dict) -> dict:
         head_dim=head_dim,
         d_ff=meta.get_int(f"{arch}.feed_forward_length"),
         max_positions=meta.get_int(f"{arch}.context_length"),
-        norm_kind="rms",
-        norm_eps=meta.get_float(f"{arch}.attention.layer_norm_rms_epsilon"),
+        norm_kind=norm_kind,
+        norm_eps=_norm_eps(meta, arch, norm_kind),
         position_kind="rope",
         rope_base=meta.get_float(f"{arch}.rope.freq_base", 10000.0),
         rope_scaling_factor=_rope_scaling(meta, arch),
-        attn_bias="blk.0.attn_q.bias" in tensors,
+        rotary_dim=_rotary_dim(meta, arch, head_dim),
         mlp_bias="blk.0.ffn_up.bias" in tensors,
         gated_mlp=True,
         tie_embeddings="output.weight" not in tensors,
         add_bos=_add_bos(meta),
+        **_attention_biases(tensors),
         **_special_ids(meta),
     )
 
 
 def _llama_config(meta: _Metadata, tensors: dict) -> dict:
-    return _shared_config(meta, "llama", tensors) | dict(family="llama", activation="silu")
+    """Llama; Mistral too (llama.cpp writes it as `llama`), with its window when the file states one."""
+    knobs = _shared_config(meta, "llama", tensors) | dict(family="llama", activation="silu")
+    window = meta.get_int("llama.attention.sliding_window", None)
+    if window:
+        knobs |= dict(
+            family="mistral", sliding_window=window, layer_is_local=(True,) * knobs["n_layers"],
+            rope_local_base=knobs["rope_base"], rope_local_scaling_factor=knobs["rope_scaling_factor"],
+        )
+    return knobs
+
+
+def _no_sliding_window(meta: _Metadata, arch: str) -> None:
+    """Qwen's windows depend on max_window_layers, which GGUF does not carry: refuse, never guess."""
+    key = f"{arch}.attention.sliding_window"
+    if meta.get_int(key, None):
+        raise CheckpointError(
+            f"{meta.source}: {key} is not supported for {arch} (the file does not state which layers it applies to)"
+        )
+
+
+def _qwen2_config(meta: _Metadata, tensors: dict) -> dict:
+    """Qwen2 / Qwen2.5: the biases (q/k/v, no o) are read from the tensors present."""
+    _no_sliding_window(meta, "qwen2")
+    return _shared_config(meta, "qwen2", tensors) | dict(family="qwen2", activation="silu")
+
+
+def _qwen3_config(meta: _Metadata, tensors: dict) -> dict:
+    _no_sliding_window(meta, "qwen3")
+    return _shared_config(meta, "qwen3", tensors) | dict(family="qwen3", activation="silu", qk_norm=True)
+
+
+def _gptneox_config(meta: _Metadata, tensors: dict) -> dict:
+    """GPT-NeoX / Pythia: LayerNorm with biases, fused biased QKV, partial RoPE, plain GELU MLP."""
+    arch = "gptneox"
+    return _shared_config(meta, arch, tensors, norm_kind="layer") | dict(
+        family="gpt_neox",
+        parallel_residual=meta.get_bool(f"{arch}.use_parallel_residual", True),
+        gated_mlp=False,
+        activation="gelu",
+    )
 
 
 def _gemma3_local_layers(meta: _Metadata, n_layers: int) -> tuple[bool, ...]:
@@ -258,7 +328,17 @@ def _gemma3_config(meta: _Metadata, tensors: dict) -> dict:
 _CONFIG_BUILDERS: dict[str, Callable[[_Metadata, dict], dict]] = {
     "llama": _llama_config,
     "gemma3": _gemma3_config,
+    "qwen2": _qwen2_config,
+    "qwen3": _qwen3_config,
+    "gptneox": _gptneox_config,
 }
+# GGUF architecture -> the families it loads as (llama.cpp converts Mistral to `llama`).
+GGUF_FAMILIES = {
+    "llama": ("llama", "mistral"), "gemma3": ("gemma3",), "qwen2": ("qwen2",), "qwen3": ("qwen3",),
+    "gptneox": ("gpt_neox",),
+}
+_NEOX_ROPE = {"qwen2", "qwen3", "gptneox"}  # llama.cpp's rotate-half RoPE: rows as in HF, partial dims allowed
+_PERMUTED_QK = {"llama"}  # llama.cpp interleaved these q/k rows for its RoPE
 
 
 def _config(meta: _Metadata, tensors: dict) -> ModelConfig:
@@ -279,7 +359,7 @@ def _config(meta: _Metadata, tensors: dict) -> ModelConfig:
 
 # params leaf path (inside blocks, or at the top) → GGUF tensor name (per block: after "blk.{i}.")
 _BLOCK_TENSORS = {
-    ("attn_norm", "scale"): "attn_norm.weight",
+    ("attn_norm", "scale"): "attn_norm.weight", ("attn_norm", "bias"): "attn_norm.bias",
     ("q", "w"): "attn_q.weight", ("q", "b"): "attn_q.bias",
     ("k", "w"): "attn_k.weight", ("k", "b"): "attn_k.bias",
     ("v", "w"): "attn_v.weight", ("v", "b"): "attn_v.bias",
@@ -287,7 +367,7 @@ _BLOCK_TENSORS = {
     ("q_norm", "scale"): "attn_q_norm.weight",
     ("k_norm", "scale"): "attn_k_norm.weight",
     ("post_attn_norm", "scale"): "post_attention_norm.weight",
-    ("mlp_norm", "scale"): "ffn_norm.weight",
+    ("mlp_norm", "scale"): "ffn_norm.weight", ("mlp_norm", "bias"): "ffn_norm.bias",
     ("gate", "w"): "ffn_gate.weight", ("gate", "b"): "ffn_gate.bias",
     ("up", "w"): "ffn_up.weight", ("up", "b"): "ffn_up.bias",
     ("down", "w"): "ffn_down.weight", ("down", "b"): "ffn_down.bias",
@@ -297,26 +377,41 @@ _TOP_TENSORS = {
     ("embed",): "token_embd.weight",
     ("unembed",): "output.weight",
     ("final_norm", "scale"): "output_norm.weight",
+    ("final_norm", "bias"): "output_norm.bias",
 }
+_FUSED_QKV = {"q": 0, "k": 1, "v": 2}  # row block of attn_qkv (q | k | v) in the fusing architectures
+_FUSED_ARCHS = {"gptneox"}
 
 
 @dataclasses.dataclass(frozen=True)
 class _Rule:
-    """How one GGUF tensor becomes (one layer of) one params leaf."""
+    """Which GGUF tensor fills (one layer of) one params leaf, and how."""
 
+    name: str  # per block: the name after "blk.{i}."
     transpose: bool  # [out, in] in the file → [in, out] in params
     minus_one: bool  # Gemma norms are stored as 1 + w
     unpermute_heads: int | None  # llama q/k: heads whose rows llama.cpp interleaved
+    split: int | None = None  # index of this leaf's row block in a fused q | k | v tensor
 
 
-def _rule(config: ModelConfig, path: tuple[str, ...]) -> _Rule:
+def _rule(config: ModelConfig, leaf: tuple[str, ...], arch: str, source: str) -> _Rule:
+    """The rule of a params leaf (its full path: "blocks", ... for per-layer tensors)."""
+    stacked = leaf[0] == "blocks"
+    path, table = (leaf[1:], _BLOCK_TENSORS) if stacked else (leaf, _TOP_TENSORS)
+    if path not in table:
+        raise CheckpointError(f"{source}: no GGUF tensor is known for params leaf {'/'.join(leaf)}")
+    name, split = table[path], None
+    if arch in _FUSED_ARCHS and path[0] in _FUSED_QKV:
+        name, split = f"attn_qkv.{'weight' if path[1] == 'w' else 'bias'}", _FUSED_QKV[path[0]]
     heads = None
-    if config.family == "llama" and path[0] in ("q", "k"):
+    if arch in _PERMUTED_QK and path[0] in ("q", "k"):
         heads = config.n_heads if path[0] == "q" else config.n_kv_heads
     return _Rule(
+        name=name,
         transpose=path[-1] == "w" or path == ("unembed",),
         minus_one=config.norm_plus_one and path[-1] == "scale",
         unpermute_heads=heads,
+        split=split,
     )
 
 
@@ -326,26 +421,35 @@ def _unpermute(rows: np.ndarray, heads: int) -> np.ndarray:
     return rows.reshape(heads, half, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def _dequantized_rows(tensor: Any, source: str) -> Iterator[tuple[slice, np.ndarray]]:
-    """(row slice, float32 rows) of a tensor in its numpy shape, a bounded chunk at a time."""
+def _dequantize(tensor: Any, data: np.ndarray, source: str) -> np.ndarray:
+    try:
+        return np.asarray(gguf.quants.dequantize(data, tensor.tensor_type), dtype=np.float32)
+    except (NotImplementedError, ValueError) as e:
+        raise CheckpointError(
+            f"{source}: cannot dequantize tensor {tensor.name} of type {tensor.tensor_type.name}: {e}"
+        ) from e
+
+
+def _dequantized_rows(
+    tensor: Any, source: str, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(row slice, float32 rows) of rows [start, stop) of a tensor in its numpy shape, a bounded
+    chunk at a time; slices count from `start`."""
     data = tensor.data
-    n_rows = data.shape[0] if data.ndim > 1 else 0
-    spans = [slice(None)] if n_rows == 0 else [
-        slice(start, min(start + _ROWS_PER_CHUNK, n_rows)) for start in range(0, n_rows, _ROWS_PER_CHUNK)
-    ]
-    for rows in spans:
-        try:
-            chunk = gguf.quants.dequantize(data[rows], tensor.tensor_type)
-        except (NotImplementedError, ValueError) as e:
-            raise CheckpointError(
-                f"{source}: cannot dequantize tensor {tensor.name} of type {tensor.tensor_type.name}: {e}"
-            ) from e
-        yield rows, np.asarray(chunk, dtype=np.float32)
+    if data.ndim == 1:  # a vector (stored whole)
+        yield slice(None), _dequantize(tensor, data, source)[start:stop]
+        return
+    stop = data.shape[0] if stop is None else stop
+    for lo in range(start, stop, _ROWS_PER_CHUNK):
+        hi = min(lo + _ROWS_PER_CHUNK, stop)
+        yield slice(lo - start, hi - start), _dequantize(tensor, data[lo:hi], source)
 
 
 def _read_into(tensor: Any, dest: np.ndarray, rule: _Rule, source: str) -> None:
     """Dequantize `tensor` and write it, converted by `rule`, into `dest` (params layout)."""
-    chunks: Iterator[tuple[slice, np.ndarray]] = _dequantized_rows(tensor, source)
+    rows = dest.shape[-1] if rule.transpose else dest.shape[0]
+    span = (0, None) if rule.split is None else (rule.split * rows, (rule.split + 1) * rows)
+    chunks: Iterator[tuple[slice, np.ndarray]] = _dequantized_rows(tensor, source, *span)
     if rule.unpermute_heads:
         full = np.concatenate([c for _, c in chunks])
         chunks = iter([(slice(None), _unpermute(full, rule.unpermute_heads))])
@@ -356,12 +460,6 @@ def _read_into(tensor: Any, dest: np.ndarray, rule: _Rule, source: str) -> None:
             dest[:, rows] = chunk.T
         else:
             dest[rows] = chunk
-
-
-def _gguf_name(path: tuple[str, ...], layer: int | None) -> str:
-    if layer is None:
-        return _TOP_TENSORS[path]
-    return f"blk.{layer}.{_BLOCK_TENSORS[path]}"
 
 
 def _leaves(shapes: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -378,17 +476,17 @@ def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
     tree[path[-1]] = value
 
 
-def _plan(config: ModelConfig, source: str) -> list[tuple[tuple[str, ...], tuple[int, ...], list[tuple[str, int | None]]]]:
-    """Every params leaf with its full shape and the GGUF tensors (name, layer) that fill it."""
+Plan = list[tuple[tuple[str, ...], tuple[int, ...], _Rule, list[tuple[str, int | None]]]]
+
+
+def _plan(config: ModelConfig, arch: str, source: str) -> Plan:
+    """Every params leaf with its full shape, its rule and the GGUF tensors (name, layer) that fill it."""
     plan = []
     for path, shape in _leaves(param_shapes(config)):
+        rule = _rule(config, path, arch, source)
         stacked = path[0] == "blocks"
-        key = path[1:] if stacked else path
-        table = _BLOCK_TENSORS if stacked else _TOP_TENSORS
-        if key not in table:
-            raise CheckpointError(f"{source}: no GGUF tensor is known for params leaf {'/'.join(path)}")
-        layers = range(config.n_layers) if stacked else [None]
-        plan.append((path, shape, [(_gguf_name(key, layer), layer) for layer in layers]))
+        names = [(f"blk.{i}.{rule.name}", i) for i in range(config.n_layers)] if stacked else [(rule.name, None)]
+        plan.append((path, shape, rule, names))
     return plan
 
 
@@ -403,15 +501,17 @@ def _check_tensor(tensors: dict, name: str, want: tuple[int, ...], source: str) 
 
 def _file_shape(leaf_shape: tuple[int, ...], rule: _Rule) -> tuple[int, ...]:
     """The numpy shape a GGUF tensor must have to fill a (per-layer) params leaf of this shape."""
-    return tuple(reversed(leaf_shape)) if rule.transpose else leaf_shape
+    shape = tuple(reversed(leaf_shape)) if rule.transpose else leaf_shape
+    if rule.split is not None:  # one of the three row blocks of a fused tensor
+        shape = (3 * shape[0],) + shape[1:]
+    return shape
 
 
-def _params(config: ModelConfig, tensors: dict, source: str) -> dict:
+def _params(config: ModelConfig, tensors: dict, arch: str, source: str) -> dict:
     """All params as float32 numpy arrays; every GGUF tensor is checked before any is read."""
-    plan = _plan(config, source)
+    plan = _plan(config, arch, source)
     used = set()
-    for path, shape, names in plan:
-        rule = _rule(config, path[1:] if path[0] == "blocks" else path)
+    for path, shape, rule, names in plan:
         per_layer = shape[1:] if path[0] == "blocks" else shape
         for name, _ in names:
             _check_tensor(tensors, name, _file_shape(per_layer, rule), source)
@@ -420,8 +520,7 @@ def _params(config: ModelConfig, tensors: dict, source: str) -> dict:
     if unknown:
         raise CheckpointError(f"{source}: tensors this reader does not understand: {unknown[:8]}")
     params: dict = {}
-    for path, shape, names in plan:
-        rule = _rule(config, path[1:] if path[0] == "blocks" else path)
+    for path, shape, rule, names in plan:
         out = np.empty(shape, np.float32)
         for name, layer in names:
             _read_into(tensors[name], out if layer is None else out[layer], rule, source)
@@ -482,4 +581,4 @@ def _read_model(path: str) -> tuple[ModelConfig, dict]:
     meta = _Metadata(reader, path)
     tensors = {t.name: t for t in reader.tensors}
     config = _config(meta, tensors)
-    return config, _params(config, tensors, path)
+    return config, _params(config, tensors, meta.get_str("general.architecture"), path)

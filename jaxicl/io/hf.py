@@ -39,7 +39,10 @@ INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
 
 # model_type -> family; "gemma3" is the multimodal wrapper whose text_config holds the text model.
-MODEL_TYPES = {"gemma3_text": "gemma3", "gemma3": "gemma3", "llama": "llama", "gpt2": "gpt2", "xglm": "xglm"}
+MODEL_TYPES = {
+    "gemma3_text": "gemma3", "gemma3": "gemma3", "llama": "llama", "gpt2": "gpt2", "xglm": "xglm",
+    "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gpt_neox": "gpt_neox", "opt": "opt",
+}
 
 # Hugging Face's own activation names -> ours.
 ACTIVATIONS = {
@@ -80,10 +83,46 @@ HF_DEFAULTS = {
         attention_heads=16, activation_function="gelu", scale_embedding=True, pad_token_id=1,
         bos_token_id=0, eos_token_id=2, add_cross_attention=False, tie_word_embeddings=True,
     ),
+    "qwen2": dict(
+        vocab_size=151_936, hidden_size=4096, intermediate_size=22_016, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, head_dim=None, hidden_act="silu",
+        max_position_embeddings=32_768, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10_000.0,
+        rope_scaling=None, rope_parameters=None, use_sliding_window=False, sliding_window=4096,
+        max_window_layers=28, layer_types=None, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+    ),
+    "qwen3": dict(
+        vocab_size=151_936, hidden_size=4096, intermediate_size=22_016, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, head_dim=128, hidden_act="silu",
+        max_position_embeddings=32_768, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10_000.0,
+        rope_scaling=None, rope_parameters=None, attention_bias=False, use_sliding_window=False,
+        sliding_window=4096, max_window_layers=28, layer_types=None, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None,
+    ),
+    "mistral": dict(
+        vocab_size=32_000, hidden_size=4096, intermediate_size=14_336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=None, hidden_act="silu",
+        max_position_embeddings=131_072, rms_norm_eps=1e-6, pad_token_id=None, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False, rope_theta=10_000.0, rope_scaling=None, rope_parameters=None,
+        sliding_window=4096,
+    ),
+    "gpt_neox": dict(
+        vocab_size=50_432, hidden_size=6144, num_hidden_layers=44, num_attention_heads=64,
+        intermediate_size=24_576, hidden_act="gelu", max_position_embeddings=2048, layer_norm_eps=1e-5,
+        bos_token_id=0, eos_token_id=2, pad_token_id=None, tie_word_embeddings=False, use_parallel_residual=True,
+        rope_parameters=None, rope_scaling=None, rotary_pct=0.25, rotary_emb_base=10_000.0, attention_bias=True,
+    ),
+    "opt": dict(
+        vocab_size=50_272, hidden_size=768, num_hidden_layers=12, ffn_dim=3072, max_position_embeddings=2048,
+        do_layer_norm_before=True, _remove_final_layer_norm=False, word_embed_proj_dim=None,
+        num_attention_heads=12, activation_function="relu", pad_token_id=1, bos_token_id=2, eos_token_id=2,
+        enable_bias=True, layer_norm_elementwise_affine=True, tie_word_embeddings=True,
+    ),
 }
 
 XGLM_POSITION_OFFSET = 2  # fairseq: positions start at padding_idx + 1 with padding_idx = 1
 XGLM_LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default; XGLM does not configure it
+OPT_POSITION_OFFSET = 2  # OPTLearnedPositionalEmbedding: position p reads row p + 2
+OPT_LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default; OPT does not configure it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,11 +158,14 @@ def _activation(s: Settings, key: str) -> str:
     return ACTIVATIONS[name]
 
 
-def _rope_factor(s: Settings, key: str, rope: dict) -> float:
-    """Position divisor of one RoPE parameter dict; only plain and linear RoPE are implemented."""
+def _rope_factor(s: Settings, key: str, rope: dict, partial_ok: bool = False) -> float:
+    """Position divisor of one RoPE parameter dict; only plain and linear RoPE are implemented.
+
+    A partial_rotary_factor is refused unless the family's reference applies it (`partial_ok`).
+    """
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        s.refuse(key, "partial rotary embeddings are not implemented")
+    if not partial_ok and rope.get("partial_rotary_factor", 1.0) != 1.0:
+        s.refuse(key, "partial rotary embeddings are not implemented for this family")
     if kind == "default":
         return 1.0
     if kind == "linear":
@@ -153,6 +195,12 @@ def _gemma3_local_layers(s: Settings) -> tuple[bool, ...]:
     if types is None:
         pattern = s.get("sliding_window_pattern", s.get("_sliding_window_pattern", 6))
         return tuple(bool((i + 1) % pattern) for i in range(n))
+    return _layer_type_flags(s, types)
+
+
+def _layer_type_flags(s: Settings, types: list) -> tuple[bool, ...]:
+    """layer_types as per-layer sliding-window flags; any other layer type is refused."""
+    n = s["num_hidden_layers"]
     unknown = set(types) - {"sliding_attention", "full_attention"}
     if unknown:
         s.refuse("layer_types", f"unknown layer types {sorted(unknown)}")
@@ -186,18 +234,123 @@ def _gemma3_config(s: Settings) -> ModelConfig:
     )
 
 
-def _llama_config(s: Settings) -> ModelConfig:
+def _rope_settings(s: Settings) -> tuple[str, dict]:
+    """(key, dict) of the RoPE settings: transformers 5's rope_parameters, else the older rope_scaling."""
     key = "rope_parameters" if s["rope_parameters"] else "rope_scaling"
-    rope = s[key] or {}
+    return key, s[key] or {}
+
+
+def _llama_like(s: Settings, family: str, **knobs) -> ModelConfig:
+    """Llama's config and the families that differ from it only in knobs (Qwen2, Qwen3, Mistral)."""
+    key, rope = _rope_settings(s)
+    base, factor = float(rope.get("rope_theta", s["rope_theta"])), _rope_factor(s, key, rope)
+    if any(knobs.get("layer_is_local", ())):  # sliding-window layers rotate like every other layer
+        knobs |= dict(rope_local_base=base, rope_local_scaling_factor=factor)
     d, heads = s["hidden_size"], s["num_attention_heads"]
     return ModelConfig(
-        family="llama", vocab_size=s["vocab_size"], d_model=d, n_layers=s["num_hidden_layers"],
+        family=family, vocab_size=s["vocab_size"], d_model=d, n_layers=s["num_hidden_layers"],
         n_heads=heads, n_kv_heads=s["num_key_value_heads"] or heads, head_dim=s["head_dim"] or d // heads,
         d_ff=s["intermediate_size"], max_positions=s["max_position_embeddings"],
-        norm_kind="rms", norm_eps=s["rms_norm_eps"], position_kind="rope",
-        rope_base=float(rope.get("rope_theta", s["rope_theta"])), rope_scaling_factor=_rope_factor(s, key, rope),
-        attn_bias=s["attention_bias"], mlp_bias=s["mlp_bias"], gated_mlp=True,
-        activation=_activation(s, "hidden_act"), tie_embeddings=s["tie_word_embeddings"],
+        norm_kind="rms", norm_eps=s["rms_norm_eps"], position_kind="rope", rope_base=base,
+        rope_scaling_factor=factor, gated_mlp=True, activation=_activation(s, "hidden_act"),
+        tie_embeddings=s["tie_word_embeddings"], bos_token_id=s["bos_token_id"],
+        eos_token_id=_first(s["eos_token_id"]), pad_token_id=s["pad_token_id"], add_bos=True, **knobs,
+    )
+
+
+def _llama_config(s: Settings) -> ModelConfig:
+    return _llama_like(s, "llama", attn_bias=s["attention_bias"], mlp_bias=s["mlp_bias"])
+
+
+def _qwen_sliding(s: Settings) -> dict:
+    """Qwen2/Qwen3 sliding windows as transformers 5 derives them: none unless use_sliding_window;
+    then on the layers layer_types marks, else on the layers from max_window_layers on."""
+    window = s["sliding_window"] if s["use_sliding_window"] else None
+    if window is None:
+        return {}
+    n = s["num_hidden_layers"]
+    types = s["layer_types"] or [
+        "sliding_attention" if i >= s["max_window_layers"] else "full_attention" for i in range(n)
+    ]
+    return dict(sliding_window=window, layer_is_local=_layer_type_flags(s, types))
+
+
+def _qwen2_config(s: Settings) -> ModelConfig:
+    """Qwen2 / Qwen2.5: Llama with q/k/v biases (o has none)."""
+    return _llama_like(s, "qwen2", attn_bias=True, attn_out_bias=False, **_qwen_sliding(s))
+
+
+def _qwen3_config(s: Settings) -> ModelConfig:
+    """Qwen3: Llama with RMS QK-norms over head_dim before RoPE; head_dim is its own setting."""
+    return _llama_like(s, "qwen3", qk_norm=True, attn_bias=s["attention_bias"], **_qwen_sliding(s))
+
+
+def _mistral_config(s: Settings) -> ModelConfig:
+    """Mistral: Llama with the same sliding window on every layer (sliding_window=None: full)."""
+    window = s["sliding_window"]
+    local = dict(sliding_window=window, layer_is_local=(True,) * s["num_hidden_layers"]) if window else {}
+    return _llama_like(s, "mistral", **local)
+
+
+def _gpt_neox_rotary_dim(s: Settings, key: str, rope: dict, head_dim: int) -> int | None:
+    """RoPE dims per head: int(head_dim * rotary fraction), as transformers computes them; None: all."""
+    source = key if "partial_rotary_factor" in rope else "rotary_pct"
+    dims = int(head_dim * float(rope.get("partial_rotary_factor", s["rotary_pct"])))
+    if dims == head_dim:
+        return None
+    if dims <= 0 or dims % 2:
+        raise CheckpointError(
+            f"{s.source}: unsupported setting {source}: it gives {dims} rotary dims of head_dim={head_dim};"
+            " rotate-half needs an even, positive number"
+        )
+    return dims
+
+
+def _gpt_neox_config(s: Settings) -> ModelConfig:
+    """GPT-NeoX / Pythia: LayerNorm, biased fused QKV, partial RoPE, (by default) parallel residual."""
+    key, rope = _rope_settings(s)
+    d, heads = s["hidden_size"], s["num_attention_heads"]
+    head_dim = _heads_divide(s, "hidden_size", "num_attention_heads")
+    return ModelConfig(
+        family="gpt_neox", vocab_size=s["vocab_size"], d_model=d, n_layers=s["num_hidden_layers"],
+        n_heads=heads, n_kv_heads=heads, head_dim=head_dim, d_ff=s["intermediate_size"],
+        max_positions=s["max_position_embeddings"], norm_kind="layer", norm_eps=s["layer_norm_eps"],
+        position_kind="rope", rope_base=float(rope.get("rope_theta", s["rotary_emb_base"])),
+        rope_scaling_factor=_rope_factor(s, key, rope, partial_ok=True),
+        rotary_dim=_gpt_neox_rotary_dim(s, key, rope, head_dim), parallel_residual=s["use_parallel_residual"],
+        attn_bias=s["attention_bias"], mlp_bias=True, gated_mlp=False, activation=_activation(s, "hidden_act"),
+        tie_embeddings=s["tie_word_embeddings"], bos_token_id=s["bos_token_id"],
+        eos_token_id=_first(s["eos_token_id"]), pad_token_id=s["pad_token_id"], add_bos=False,
+    )
+
+
+def _opt_refusals(s: Settings) -> None:
+    """OPT variants whose computation differs from the pre-LN block (OPT-350m, old finetunes)."""
+    if not s["do_layer_norm_before"]:
+        s.refuse("do_layer_norm_before", "post-LayerNorm blocks (OPT-350m) are not implemented")
+    if s["_remove_final_layer_norm"]:
+        s.refuse("_remove_final_layer_norm", "OPT without its final LayerNorm is not implemented")
+    if s["word_embed_proj_dim"] not in (None, s["hidden_size"]):
+        s.refuse(
+            "word_embed_proj_dim",
+            f"projecting embeddings in and out of hidden_size={s['hidden_size']} (project_in/project_out,"
+            " OPT-350m) is not implemented",
+        )
+    if not s["layer_norm_elementwise_affine"]:
+        s.refuse("layer_norm_elementwise_affine", "LayerNorms without weights are not implemented")
+
+
+def _opt_config(s: Settings) -> ModelConfig:
+    """OPT: pre-LN, learned positions read at offset 2, plain ReLU MLP, tied embeddings by default."""
+    _opt_refusals(s)
+    heads = s["num_attention_heads"]
+    return ModelConfig(
+        family="opt", vocab_size=s["vocab_size"], d_model=s["hidden_size"], n_layers=s["num_hidden_layers"],
+        n_heads=heads, n_kv_heads=heads, head_dim=_heads_divide(s, "hidden_size", "num_attention_heads"),
+        d_ff=s["ffn_dim"], max_positions=s["max_position_embeddings"], norm_kind="layer",
+        norm_eps=OPT_LAYER_NORM_EPS, position_kind="learned", position_offset=OPT_POSITION_OFFSET,
+        attn_bias=s["enable_bias"], mlp_bias=s["enable_bias"], gated_mlp=False,
+        activation=_activation(s, "activation_function"), tie_embeddings=s["tie_word_embeddings"],
         bos_token_id=s["bos_token_id"], eos_token_id=_first(s["eos_token_id"]), pad_token_id=s["pad_token_id"],
         add_bos=True,
     )
@@ -255,6 +408,11 @@ CONVERTERS: dict[str, Callable[[Settings], ModelConfig]] = {
     "llama": _llama_config,
     "gpt2": _gpt2_config,
     "xglm": _xglm_config,
+    "qwen2": _qwen2_config,
+    "qwen3": _qwen3_config,
+    "mistral": _mistral_config,
+    "gpt_neox": _gpt_neox_config,
+    "opt": _opt_config,
 }
 
 
@@ -301,6 +459,7 @@ class Source:
     name: str
     transpose: bool = False  # torch nn.Linear stores [out, in]; our layout is [in, out]
     split: tuple[int, int] | None = None  # (index, count): a slice of a fused tensor's last axis
+    split_heads: int | None = None  # the fused axis is [heads, count, head_dim] (GPT-NeoX), not [count, ...]
 
     def hf_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
         """The shape the HF tensor must have to convert into a tensor of shape `ours`."""
@@ -312,7 +471,11 @@ class Source:
     def convert(self, x: np.ndarray) -> np.ndarray:
         if self.transpose:
             x = x.T
-        if self.split:
+        if self.split and self.split_heads:
+            index, count = self.split
+            lead = x.shape[:-1]
+            x = x.reshape(*lead, self.split_heads, count, -1)[..., index, :].reshape(*lead, -1)
+        elif self.split:
             index, count = self.split
             x = np.split(x, count, axis=-1)[index]
         return x
@@ -333,12 +496,13 @@ def _norm(ours: str, theirs: str, bias: bool) -> dict[str, Source]:
 
 
 def _llama_like_map(config: ModelConfig) -> dict[str, Source]:
-    """Llama and Gemma 3 share names; Gemma 3 adds QK-norms and norms after attention and MLP."""
+    """Llama, Mistral, Qwen2/3 and Gemma 3 share names; Gemma 3 adds norms after attention and MLP."""
     block = "blocks/"
     m = {"embed": Source("embed_tokens.weight"), **_norm("final_norm", "norm", False)}
     m |= _norm(block + "attn_norm", "layers.{i}.input_layernorm", False)
-    for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
+    for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj")):
         m |= _linear(block + ours, f"layers.{{i}}.self_attn.{theirs}", config.attn_bias)
+    m |= _linear(block + "o", "layers.{i}.self_attn.o_proj", config.attn_bias and config.attn_out_bias)
     for ours in ("gate", "up", "down"):
         m |= _linear(block + ours, f"layers.{{i}}.mlp.{ours}_proj", config.mlp_bias)
     if config.post_norms:  # Gemma's post_attention_layernorm is a post-norm, not the MLP's pre-norm
@@ -367,14 +531,37 @@ def _gpt2_map(config: ModelConfig) -> dict[str, Source]:
     return m
 
 
-def _xglm_map(config: ModelConfig) -> dict[str, Source]:
-    m = {"embed": Source("embed_tokens.weight"), **_norm("final_norm", "layer_norm", True)}
-    m |= _norm("blocks/attn_norm", "layers.{i}.self_attn_layer_norm", True)
-    for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
-        m |= _linear(f"blocks/{ours}", f"layers.{{i}}.self_attn.{theirs}", True)
-    m |= _norm("blocks/mlp_norm", "layers.{i}.final_layer_norm", True)
-    m |= _linear("blocks/up", "layers.{i}.fc1", True)
-    m |= _linear("blocks/down", "layers.{i}.fc2", True)
+def _fairseq_map(final_norm: str) -> Callable[[ModelConfig], dict[str, Source]]:
+    """XGLM and OPT (both from fairseq) share block names; the final norm's name differs."""
+
+    def build(config: ModelConfig) -> dict[str, Source]:
+        m = {"embed": Source("embed_tokens.weight"), **_norm("final_norm", final_norm, True)}
+        if config.position_kind == "learned":  # OPT; XGLM's sinusoidal table is computed
+            m["pos_embed"] = Source("embed_positions.weight")
+        m |= _norm("blocks/attn_norm", "layers.{i}.self_attn_layer_norm", True)
+        for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
+            m |= _linear(f"blocks/{ours}", f"layers.{{i}}.self_attn.{theirs}", config.attn_bias)
+        m |= _norm("blocks/mlp_norm", "layers.{i}.final_layer_norm", True)
+        m |= _linear("blocks/up", "layers.{i}.fc1", config.mlp_bias)
+        m |= _linear("blocks/down", "layers.{i}.fc2", config.mlp_bias)
+        return m
+
+    return build
+
+
+def _gpt_neox_map(config: ModelConfig) -> dict[str, Source]:
+    """query_key_value's output rows are [heads, 3, head_dim] (per head q, k, v), not GPT-2's q | k | v."""
+    m = {"embed": Source("embed_in.weight"), **_norm("final_norm", "final_layer_norm", True)}
+    m |= _norm("blocks/attn_norm", "layers.{i}.input_layernorm", True)
+    fused = "layers.{i}.attention.query_key_value"
+    for index, ours in enumerate(("q", "k", "v")):
+        m[f"blocks/{ours}/w"] = Source(f"{fused}.weight", transpose=True, split=(index, 3), split_heads=config.n_heads)
+        if config.attn_bias:
+            m[f"blocks/{ours}/b"] = Source(f"{fused}.bias", split=(index, 3), split_heads=config.n_heads)
+    m |= _linear("blocks/o", "layers.{i}.attention.dense", config.attn_bias)
+    m |= _norm("blocks/mlp_norm", "layers.{i}.post_attention_layernorm", True)
+    m |= _linear("blocks/up", "layers.{i}.mlp.dense_h_to_4h", True)
+    m |= _linear("blocks/down", "layers.{i}.mlp.dense_4h_to_h", True)
     return m
 
 
@@ -382,13 +569,22 @@ WEIGHT_MAPS: dict[str, Callable[[ModelConfig], dict[str, Source]]] = {
     "gemma3": _llama_like_map,
     "llama": _llama_like_map,
     "gpt2": _gpt2_map,
-    "xglm": _xglm_map,
+    "xglm": _fairseq_map("layer_norm"),
+    "qwen2": _llama_like_map,
+    "qwen3": _llama_like_map,
+    "mistral": _llama_like_map,
+    "gpt_neox": _gpt_neox_map,
+    "opt": _fairseq_map("final_layer_norm"),
 }
 HEAD = "lm_head.weight"  # resolved against the head prefix, every other name against the body prefix
+# Families whose checkpoints name the unembedding otherwise (Pythia: embed_out; transformers 5 saves lm_head).
+HEAD_NAMES = {"gpt_neox": ("embed_out.weight", HEAD)}
 
 # Body prefix (where the decoder's tensors live) -> head prefix (where lm_head lives).
 PREFIXES = {
     "gpt2": {"transformer.": "", "": ""},
+    "gpt_neox": {"gpt_neox.": "", "": ""},
+    "opt": {"model.decoder.": "", "decoder.": "", "": ""},  # OPTForCausalLM, OPTModel, OPTDecoder
     "default": {
         "model.": "",  # XForCausalLM
         "": "",  # a bare XModel
@@ -399,7 +595,8 @@ PREFIXES = {
 
 # Non-persistent buffers older checkpoints may carry; they hold no weights.
 BUFFERS = re.compile(
-    r"(\.rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias|embed_positions\.(weights|_float_tensor))$"
+    r"(\.rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias|\.attention\.bias|\.attention\.masked_bias"
+    r"|embed_positions\.(weights|_float_tensor))$"
 )
 
 
@@ -516,28 +713,30 @@ def read_params(family: str, config: ModelConfig, store: TensorStore, multimodal
     """Params in our layout, per-block tensors stacked over layers (filled in place, one copy)."""
     mapping = weight_map(family, config)
     body, head = _body_prefix(family, store, mapping["embed"].name)
+    heads = [head + name for name in HEAD_NAMES.get(family, (HEAD,))]
+    head_name = next((name for name in heads if name in store), heads[0])
     params: dict = {}
     for path, shape in _flat_shapes(param_shapes(config)).items():
         src = mapping[path]
-        prefix = head if src.name == HEAD else body
         if path.startswith("blocks/"):
             value = np.empty(shape, np.float32)
             for i in range(config.n_layers):
-                value[i] = _fetch(store, prefix + src.name.format(i=i), src, shape[1:], f"{path}[{i}]")
+                value[i] = _fetch(store, body + src.name.format(i=i), src, shape[1:], f"{path}[{i}]")
         else:
-            value = _fetch(store, prefix + src.name, src, shape, path)
+            name = head_name if src.name == HEAD else body + src.name
+            value = _fetch(store, name, src, shape, path)
         _set(params, path, value)
-    _refuse_unused(store, body, head, config, multimodal)
+    _refuse_unused(store, body, heads, config, multimodal)
     return params
 
 
-def _refuse_unused(store: TensorStore, body: str, head: str, config: ModelConfig, multimodal: bool) -> None:
+def _refuse_unused(store: TensorStore, body: str, heads: list[str], config: ModelConfig, multimodal: bool) -> None:
     """A tensor we do not map is computation we would silently skip: refuse it."""
 
     def ignorable(name: str) -> bool:
         if BUFFERS.search(name):
             return True
-        if name == head + HEAD:
+        if name in heads:
             return config.tie_embeddings  # tied: lm_head repeats the embedding
         return multimodal and not name.startswith(body)  # vision tower, projector
 

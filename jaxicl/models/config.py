@@ -4,14 +4,15 @@ Params pytree layout (all float arrays; per-block tensors are stacked over layer
 linear weights are stored as [in, out] so a projection is `x @ w`):
 
     embed        [vocab, d_model]          token embedding (also the unembedding when tied)
-    pos_embed    [max_positions, d_model]  only for position_kind == "learned" (GPT-2)
+    pos_embed    [max_positions + position_offset, d_model]
+                                           only for position_kind == "learned" (GPT-2, OPT)
     unembed      [d_model, vocab]          only when tie_embeddings is False
     final_norm   {"scale": [d], "bias": [d] (LayerNorm only)}
     blocks:
       attn_norm   {"scale": [L, d], "bias"?}
       q  {"w": [L, d, H*hd], "b"?: [L, H*hd]}     k, v {"w": [L, d, KV*hd], "b"?}
-      o  {"w": [L, H*hd, d], "b"?: [L, d]}
-      q_norm, k_norm {"scale": [L, hd]}           only with qk_norm (Gemma 3)
+      o  {"w": [L, H*hd, d], "b"?: [L, d]}        o's bias only with attn_bias and attn_out_bias
+      q_norm, k_norm {"scale": [L, hd]}           only with qk_norm (Gemma 3, Qwen3)
       post_attn_norm {"scale": [L, d]}            only with post_norms (Gemma 3)
       mlp_norm    {"scale": [L, d], "bias"?}
       gate {"w": [L, d, F]}                       only with gated_mlp
@@ -30,7 +31,10 @@ from typing import Literal
 NormKind = Literal["rms", "layer"]
 PositionKind = Literal["rope", "learned", "sinusoidal"]
 Activation = Literal["gelu_tanh", "gelu", "silu", "relu"]
-FAMILIES = ("gemma3", "llama", "gpt2", "xglm")
+# Knobs added after finetuning run keys were first written (jaxicl.finetune.run_key): left out of
+# `fingerprint_fields` while at their defaults, so runs of configs that do not use them keep their keys.
+LATER_KNOBS = ("rope_local_scaling_factor", "rotary_dim", "parallel_residual", "attn_out_bias")
+FAMILIES = ("gemma3", "llama", "gpt2", "xglm", "qwen2", "qwen3", "mistral", "gpt_neox", "opt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +55,18 @@ class ModelConfig:
     norm_plus_one: bool = False  # Gemma: RMSNorm multiplies by (1 + scale)
     position_kind: PositionKind = "rope"
     rope_base: float = 10000.0
-    rope_local_base: float = 10000.0  # used by sliding-window layers (Gemma 3)
+    rope_local_base: float = 10000.0  # used by sliding-window layers (Gemma 3; Mistral, Qwen2: rope_base)
     rope_scaling_factor: float = 1.0  # linear scaling of global-layer positions
-    position_offset: int = 0  # fairseq/XGLM sinusoidal positions start at padding_idx + 1 = 2
+    rope_local_scaling_factor: float = 1.0  # the same for sliding-window layers (Mistral, Qwen2)
+    rotary_dim: int | None = None  # RoPE on the first rotary_dim dims of each head (GPT-NeoX); None: all
+    position_offset: int = 0  # position p reads row p + offset (XGLM sinusoidal, OPT learned: 2)
     sliding_window: int | None = None
     layer_is_local: tuple[bool, ...] = ()  # per layer: sliding-window attention
     qk_norm: bool = False
     post_norms: bool = False  # Gemma: norms after attention and after MLP, before residual add
+    parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)), the MLP reads x
     attn_bias: bool = False  # q/k/v/o biases
+    attn_out_bias: bool = True  # with attn_bias: whether o has one too (Qwen2: q/k/v only)
     mlp_bias: bool = False
     gated_mlp: bool = True
     activation: Activation = "silu"
@@ -83,6 +91,8 @@ class ModelConfig:
             )
         if any(self.layer_is_local) and not self.sliding_window:
             raise ValueError("local (sliding-window) layers need a sliding_window size")
+        if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
+            raise ValueError(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
 
     @property
     def scale(self) -> float:
@@ -90,8 +100,19 @@ class ModelConfig:
         return self.query_scale if self.query_scale is not None else self.head_dim**-0.5
 
     @property
+    def rope_dim(self) -> int:
+        """How many leading dims of each head RoPE rotates."""
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+    @property
     def local_layers(self) -> tuple[bool, ...]:
         return self.layer_is_local or (False,) * self.n_layers
+
+    def fingerprint_fields(self) -> dict:
+        """The fields as a dict for run keys; LATER_KNOBS only where they differ from their default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        fields = dataclasses.asdict(self)
+        return {k: v for k, v in fields.items() if k not in LATER_KNOBS or v != defaults[k]}
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -37,7 +37,7 @@ def param_shapes(config: ModelConfig) -> dict:
         "q": _linear_shapes(config, d, q_dim, config.attn_bias),
         "k": _linear_shapes(config, d, kv_dim, config.attn_bias),
         "v": _linear_shapes(config, d, kv_dim, config.attn_bias),
-        "o": _linear_shapes(config, q_dim, d, config.attn_bias),
+        "o": _linear_shapes(config, q_dim, d, config.attn_bias and config.attn_out_bias),
         "mlp_norm": _norm_shapes(config, d, True),
         "up": _linear_shapes(config, d, config.d_ff, config.mlp_bias),
         "down": _linear_shapes(config, config.d_ff, d, config.mlp_bias),
@@ -56,7 +56,7 @@ def param_shapes(config: ModelConfig) -> dict:
         "blocks": blocks,
     }
     if config.position_kind == "learned":
-        shapes["pos_embed"] = (config.max_positions, d)
+        shapes["pos_embed"] = (config.max_positions + config.position_offset, d)
     if not config.tie_embeddings:
         shapes["unembed"] = (d, config.vocab_size)
     return shapes

@@ -70,7 +70,14 @@ def rope_angles(positions: Array, head_dim: int, base: float, scaling: float = 1
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """x: [B, T, heads, hd]; cos/sin: [B, T, hd]."""
+    """x: [B, T, heads, hd]; cos/sin: [B, T, rot] with rot <= hd.
+
+    Partial rotary (GPT-NeoX): rotate-half acts on the first rot dims only and the rest pass
+    through unchanged, as transformers' apply_rotary_pos_emb does.
+    """
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return jnp.concatenate([apply_rope(x[..., :rot], cos, sin), x[..., rot:]], axis=-1)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]

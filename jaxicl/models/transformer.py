@@ -30,7 +30,7 @@ TAP_NAMES = (
     "v",  # values [KV, hd]
     "attn_scores",  # scaled pre-softmax, pre-mask logits [H, S] over every key (cache first)
     "attn_out",  # attention output after the output projection, before any post-norm/residual
-    "resid_mid",  # residual stream after the attention residual add
+    "resid_mid",  # residual stream after the attention residual add (parallel residual: not the MLP's input)
     "mlp_out",  # MLP output before any post-norm/residual
     "resid_post",  # block output
 )
@@ -84,7 +84,7 @@ def default_positions(batch: int, length: int, cache: KVCache | None) -> Array:
 def embed(params: dict, config: ModelConfig, ids: Array, positions: Array) -> Array:
     x = params["embed"][ids] * jnp.asarray(config.embed_scale, params["embed"].dtype)
     if config.position_kind == "learned":
-        x = x + params["pos_embed"][positions]
+        x = x + params["pos_embed"][positions + config.position_offset]
     elif config.position_kind == "sinusoidal":
         x = x + layers.sinusoidal_positions(positions + config.position_offset, config.d_model).astype(x.dtype)
     return x
@@ -139,13 +139,14 @@ def _block(
         rec["attn_scores"] = jnp.moveaxis(scores, 1, 2)  # [B, T, H, S]
     if config.post_norms:
         attn_out = layers.norm(attn_out, p["post_attn_norm"], config)
-    x = x + attn_out
-    rec["resid_mid"] = x
-    mlp_out = layers.mlp(layers.norm(x, p["mlp_norm"], config), p, config)
+    mid = x + attn_out
+    rec["resid_mid"] = mid
+    mlp_in = x if config.parallel_residual else mid  # parallel: the MLP reads the block input too
+    mlp_out = layers.mlp(layers.norm(mlp_in, p["mlp_norm"], config), p, config)
     rec["mlp_out"] = mlp_out
     if config.post_norms:
         mlp_out = layers.norm(mlp_out, p["post_mlp_norm"], config)
-    x = x + mlp_out
+    x = mid + mlp_out
     rec["resid_post"] = x
     out = {name: _take_rows(rec[name], tap_at) for name in taps if name != "resid_pre"}
     out |= {name + EVERY_POSITION: rec[name] for name in taps_all if name != "resid_pre"}
@@ -195,8 +196,9 @@ def forward(
 
     rope = None
     if config.position_kind == "rope":
-        global_cs = layers.rope_angles(positions, config.head_dim, config.rope_base, config.rope_scaling_factor)
-        local_cs = layers.rope_angles(positions, config.head_dim, config.rope_local_base)
+        dim = config.rope_dim
+        global_cs = layers.rope_angles(positions, dim, config.rope_base, config.rope_scaling_factor)
+        local_cs = layers.rope_angles(positions, dim, config.rope_local_base, config.rope_local_scaling_factor)
         rope = (global_cs, local_cs)
 
     x = embed(params, config, ids, positions)
