@@ -292,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--n-runs", type=int, default=None, help="only the first N (seed, perm) runs of each task")
     tn.add_argument("--method", choices=("gd", "lcgd"), default="gd", help="the paper used GD's rate for both")
     tn.add_argument("--grid", default=None, help="comma-separated rates (default: Dai's {1..9} x {1e-1..1e-4})")
-    tn.add_argument("--search", choices=("full", "coarse-to-fine"), default="full",
-                    help="coarse-to-fine: each decade's smallest rate, then every rate of the best decade")
+    tn.add_argument("--search", choices=("full", "coarse-to-fine", "coarse-to-unimodal"), default="full",
+                    help="coarse-to-fine: each decade's smallest rate, then every rate of the best decade; "
+                    "coarse-to-unimodal: then a ternary search of that decade (assumes one peak; ~5 of its 9 rates)")
     tn.add_argument("--select-on", choices=("selection", "eval"), default="selection",
                     help="selection: a train-split set disjoint from demonstrations and eval; eval: Dai's choice")
     tn.add_argument("--selection-size", type=int, default=200)

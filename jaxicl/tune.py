@@ -27,7 +27,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -39,6 +39,9 @@ SELECTION_SEED = 20231113  # the train-split shuffle of the selection set (the p
 SELECTION_FILE = "lr_selection.json"
 
 
+SEARCHES = ("full", "coarse-to-fine", "coarse-to-unimodal")
+
+
 @dataclasses.dataclass(frozen=True)
 class TuneConfig:
     """Everything that determines a tune's numbers; a tune directory refuses a different one."""
@@ -48,7 +51,7 @@ class TuneConfig:
     n_runs: int | None = None  # the first n of each task's paper runs (None: all three)
     method: str = "gd"
     grid: tuple[float, ...] = DAI_GRID
-    search: Literal["full", "coarse-to-fine"] = "full"
+    search: Literal["full", "coarse-to-fine", "coarse-to-unimodal"] = "full"
     select_on: Literal["selection", "eval"] = "selection"
     selection_size: int = 200
     k: int = 32
@@ -61,8 +64,8 @@ class TuneConfig:
     def __post_init__(self):
         check_grid(self.grid)
         object.__setattr__(self, "grid", tuple(sorted(float(r) for r in self.grid)))
-        if self.search not in ("full", "coarse-to-fine"):
-            raise JaxiclError(f"search must be 'full' or 'coarse-to-fine', got {self.search!r}")
+        if self.search not in SEARCHES:
+            raise JaxiclError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
         if self.select_on not in ("selection", "eval"):
             raise JaxiclError(f"select_on must be 'selection' or 'eval', got {self.select_on!r}")
         if self.method not in ("gd", "lcgd"):
@@ -132,6 +135,22 @@ def coarse_rates(grid: Sequence[float]) -> list[float]:
 def fine_rates(grid: Sequence[float], best: float) -> list[float]:
     """Every rate of the grid in `best`'s decade."""
     return sorted(r for r in grid if decade(r) == decade(best))
+
+
+def unimodal_search(n: int, score: Callable[[Sequence[int]], Sequence[float | None]]) -> None:
+    """Ternary search for the best of n candidates whose score is unimodal in their order (accuracy
+    against the multiplier within a decade); `score(indices)` evaluates those candidates (together:
+    one batch) and returns their scores, None for a diverged one (worst). About 5 of 9 candidates
+    are evaluated, where coarse-to-fine evaluates all; the caller then chooses among those."""
+    lo, hi = 0, n - 1
+    while hi - lo > 2:
+        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        s1, s2 = (-math.inf if v is None else v for v in score([m1, m2]))
+        if s1 < s2:
+            lo = m1 + 1
+        else:  # ties keep the smaller side (Dai's tie-break toward the smaller rate)
+            hi = m2 - 1
+    score(list(range(lo, hi + 1)))
 
 
 # --- the selection set ------------------------------------------------------------------------------
@@ -324,21 +343,32 @@ def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> di
                       EvalOptions(batch_size=config.batch_size, records=()))  # fmt: skip
         zero_shot = zs.accuracy(selection.gold)
         write_json_atomic(zs_path, {"indices": list(selection.indices), "accuracy": zero_shot})
+    def evaluate(rates: Sequence[float]) -> dict[float, dict]:
+        return evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, rates, together)
+
     if config.search == "full":
-        rates = list(config.grid)
-        results = evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, rates, together)
+        results = evaluate(list(config.grid))
     else:
         coarse = coarse_rates(config.grid)
-        results = evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, coarse, together)
+        results = evaluate(coarse)
         best = choose({r: results[r]["mean_accuracy"] for r in coarse}, zero_shot)["lr"]
-        fine = [r for r in fine_rates(config.grid, best) if r not in results]
-        results |= evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, fine, together)
+        fine = fine_rates(config.grid, best)
+        if config.search == "coarse-to-fine":
+            results |= evaluate([r for r in fine if r not in results])
+        else:
+
+            def score(indices: Sequence[int]) -> list[float | None]:
+                results.update(evaluate([fine[i] for i in indices if fine[i] not in results]))
+                return [results[fine[i]]["mean_accuracy"] for i in indices]
+
+            unimodal_search(len(fine), score)
     chosen = choose({r: v["mean_accuracy"] for r, v in results.items()}, zero_shot)
     return {
         "task": task.name,
         "method": config.method,
         "paper_lr": task.lr,
         "search": config.search,
+        "rates_evaluated": len(results),
         "selected_on": selection.labelled_as,
         "selection_split": selection.split,
         "selection_indices": list(selection.indices),

@@ -43,6 +43,36 @@ def test_choose_excludes_diverged_rates_and_refuses_when_every_rate_diverged():
         T.choose({0.1: None, 0.01: None}, zero_shot=0.5)
 
 
+@pytest.mark.parametrize("scores", [
+    [0.1, 0.2, 0.3, 0.5, 0.6, 0.55, 0.4, 0.3, 0.2],  # peak inside
+    [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # peak at the decade's first rate
+    [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # peak at its last
+    [0.5, 0.6, None, None, None, None, None, None, None],  # diverging from the third on
+])  # fmt: skip
+def test_unimodal_search_finds_the_peak_with_fewer_evaluations(scores):
+    seen: list[int] = []
+
+    def score(indices):
+        seen.extend(i for i in indices if i not in seen)
+        return [scores[i] for i in indices]
+
+    T.unimodal_search(len(scores), score)
+    best = max(range(len(scores)), key=lambda i: -1 if scores[i] is None else scores[i])
+    assert best in seen and len(seen) <= 6
+
+
+def test_unimodal_search_breaks_a_tie_toward_the_smaller_rate():
+    seen: list[int] = []
+    flat = [0.5] * 9
+
+    def score(indices):
+        seen.extend(indices)
+        return [flat[i] for i in indices]
+
+    T.unimodal_search(9, score)
+    assert 0 in seen and 8 not in seen  # ties keep the smaller side, down to the decade's first rate
+
+
 def test_dai_grid_and_coarse_to_fine():
     assert len(T.DAI_GRID) == 36 and min(T.DAI_GRID) == 1e-4 and max(T.DAI_GRID) == 0.9
     assert T.coarse_rates(T.DAI_GRID) == [1e-4, 1e-3, 1e-2, 1e-1]
@@ -147,6 +177,9 @@ def test_tune_resumes_without_recomputing_and_batched_equals_one_by_one(tiny_lm,
                     lm=tiny_lm, batch_runs="off")["tasks"]["tiny"]  # fmt: skip
     first = T.choose({r: coarse["rates"][f"{r:g}"]["mean_accuracy"] for r in (0.01, 0.1)}, 0)["lr"]
     assert set(coarse["rates"]) == {"0.01", "0.1"} | {f"{r:g}" for r in T.fine_rates((0.01, 0.02, 0.1, 0.3), first)}
+    unimodal = T.tune(_config(task_spec, grid=(0.01, 0.02, 0.1, 0.3), search="coarse-to-unimodal"),
+                      tmp_path / "coarse", lm=tiny_lm, batch_runs="off", force=True)["tasks"]["tiny"]  # fmt: skip
+    assert unimodal["chosen"] == coarse["chosen"] and unimodal["rates_evaluated"] == len(coarse["rates"])
 
     # the runner with the selected rates: each cell records its rate and where it came from
     rates = T.rates_for("selected", ["tiny"], tmp_path / "one")
