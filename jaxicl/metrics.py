@@ -82,28 +82,28 @@ def l2_normalize(h: np.ndarray, eps: float = NORM_EPS) -> np.ndarray:
     return h / np.maximum(np.sqrt(np.sum(h * h, axis=-1, keepdims=True)), eps)
 
 
+def _head_mean(scores: np.ndarray) -> np.ndarray:
+    """[n, L] as is, [n, L, H] averaged over heads: the first level of every reduction."""
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim == 3:
+        scores = scores.mean(axis=2)
+    if scores.ndim != 2:
+        raise InputError(f"per-example scores must be [n, L] or [n, L, H], got shape {scores.shape}")
+    return scores
+
+
 def per_layer_mean(scores: np.ndarray) -> list[float]:
     """[n, L] → mean over examples; [n, L, H] → mean over heads, then examples. One float per layer.
 
     Equal weights at every level, in the authors' order (heads → examples), so the result does
     not depend on how many tokens a map has."""
-    scores = np.asarray(scores, np.float64)
-    if scores.ndim == 3:
-        scores = scores.mean(axis=2)
-    if scores.ndim != 2:
-        raise InputError(f"per-example scores must be [n, L] or [n, L, H], got shape {scores.shape}")
-    return [float(v) for v in scores.mean(axis=0)]
+    return [float(v) for v in _head_mean(scores).mean(axis=0)]
 
 
 def per_example_mean(scores: np.ndarray) -> list[float]:
     """[n, L] or [n, L, H] → one float per example: heads, then layers, with equal weights, so the
     mean of these equals the layer mean of `per_layer_mean` (what a bootstrap over examples needs)."""
-    scores = np.asarray(scores, np.float64)
-    if scores.ndim == 3:
-        scores = scores.mean(axis=2)
-    if scores.ndim != 2:
-        raise InputError(f"per-example scores must be [n, L] or [n, L, H], got shape {scores.shape}")
-    return [float(v) for v in scores.mean(axis=1)]
+    return [float(v) for v in _head_mean(scores).mean(axis=1)]
 
 
 def layer_mean(per_layer: Sequence[float]) -> float:

@@ -31,7 +31,8 @@ from tests.test_hf_parity import (  # noqa: E402
     _max_delta,
     _pad,
     _random_rows,
-    _randomize,
+    _save_model,
+    built_once,
 )
 
 SHAPE = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
@@ -75,28 +76,13 @@ KINDS = ["qwen2", "qwen2_tied_swa", "qwen3", "mistral", "gpt_neox", "gpt_neox_se
 
 def save_tiny(kind: str, path):
     """Build, randomize (norms around 1) and save one tiny model; returns the torch model."""
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(
-        _tiny_config(kind), attn_implementation="eager", dtype=torch.float32
-    )
-    _randomize(model, plus_one_norms=False)
-    model.eval()
-    model.save_pretrained(path)
-    return model
+    return _save_model(_tiny_config(kind), path)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """kind -> (directory, torch model), built once per module."""
-    built = {}
-
-    def get(kind: str):
-        if kind not in built:
-            path = tmp_path_factory.mktemp(kind)
-            built[kind] = (path, save_tiny(kind, path))
-        return built[kind]
-
-    return get
+    return built_once(tmp_path_factory, save_tiny)
 
 
 # --- parity -------------------------------------------------------------------------------------

@@ -95,32 +95,41 @@ def _word_tokenizer(with_bos: bool):
     )
 
 
-def _save_tiny(kind: str, path, **save_kwargs):
-    """Build, randomize and save one tiny model (with a tokenizer for Gemma 3 and GPT-2)."""
+def _save_model(config, path, plus_one_norms: bool = False, **save_kwargs):
+    """Build a model from an HF config, randomize it, save it; returns the torch model."""
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(
-        _tiny_config(kind), attn_implementation="eager", dtype=torch.float32
-    )
-    _randomize(model, plus_one_norms=kind == "gemma3")
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    _randomize(model, plus_one_norms=plus_one_norms)
     model.eval()
     model.save_pretrained(path, **save_kwargs)
+    return model
+
+
+def _save_tiny(kind: str, path, **save_kwargs):
+    """Build, randomize and save one tiny model (with a tokenizer for Gemma 3 and GPT-2)."""
+    model = _save_model(_tiny_config(kind), path, plus_one_norms=kind == "gemma3", **save_kwargs)
     if kind in ("gemma3", "gpt2"):
         _word_tokenizer(with_bos=kind == "gemma3").save_pretrained(path)
     return model
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """kind -> (directory, torch model), built once per module."""
+def built_once(tmp_path_factory, save):
+    """kind -> (directory, torch model), each kind built by `save(kind, path)` once per module."""
     built = {}
 
     def get(kind: str):
         if kind not in built:
             path = tmp_path_factory.mktemp(kind)
-            built[kind] = (path, _save_tiny(kind, path))
+            built[kind] = (path, save(kind, path))
         return built[kind]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """kind -> (directory, torch model), built once per module."""
+    return built_once(tmp_path_factory, _save_tiny)
 
 
 def _pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
