@@ -162,7 +162,11 @@ def uncertainty_section(cells: Sequence[Cell], tasks: Sequence[str], t2: Mapping
     lines += [f"Each interval resamples the runs, then the eval examples within each run ({BOOTSTRAP_RESAMPLES} "
               f"resamples, seed {BOOTSTRAP_SEED}, percentile interval). {kept} of {len(cells)} cells keep "
               "per-example values; a cell without them (written before they were kept) is resampled at "
-              "the run level only, and with three runs that interval is narrow and undercovers.", ""]  # fmt: skip
+              "the run level only, and with three runs that interval is narrow and undercovers."]  # fmt: skip
+    if max(len(select(cells, task=c.task, variant=c.variant, method=c.method)) for c in cells) == 1:
+        lines[-1] += (" Every entry here has one run: its interval covers the eval examples only, not the "
+                      "choice of demonstrations.")  # fmt: skip
+    lines += [""]
     header = ["metric", "", *map(task_label, tasks)]
     if select(cells, variant="trained"):
         lines += ["GD − LCGD (trained model), mean over the runs both have; **bold**: the interval excludes 0 "
