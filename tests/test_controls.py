@@ -4,7 +4,6 @@ cells in a tiny run, and the refusals."""
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from jaxicl.data.tasks import Task  # noqa: E402
 from jaxicl.errors import DataError, JaxiclError  # noqa: E402
 from jaxicl.experiment import RunConfig, run  # noqa: E402
 from jaxicl.report import load_cells, write_report  # noqa: E402
-from tests.test_experiment import task_spec, tiny_lm  # noqa: E402,F401  (fixtures)
+from tests.test_experiment import task_spec, tiny_lm, write_task  # noqa: E402,F401  (fixtures)
 
 
 @pytest.mark.parametrize("labels", [(0, 1), (0, 0, 0, 1), (0, 1, 2, 0, 1, 2, 1, 1), tuple([0] * 31 + [1])])
@@ -81,19 +80,7 @@ def test_relabel_swaps_the_label_tokens_and_keeps_everything_else():
 @pytest.fixture(scope="module")
 def other_spec(tmp_path_factory):
     """A second tiny task with other label words (w4/w5) and other inputs: the cross-task partner."""
-    root = tmp_path_factory.mktemp("othertask")
-    rng = random.Random(1)
-    for split, n in (("train", 40), ("validation", 12)):
-        with open(root / f"{split}.jsonl", "w") as f:
-            for _ in range(n):
-                label = rng.randrange(2)
-                words = " ".join(f"w{rng.randrange(60, 70) + 10 * label}" for _ in range(rng.randrange(2, 5)))
-                f.write(json.dumps({"text": words, "label": label}) + "\n")
-    spec = {"name": "other", "template": "{text} w3", "label_words": ["w4", "w5"],
-            "data_files": {"train": "train.jsonl", "validation": "validation.jsonl"}, "runs": [[7, 0]], "lr": 0.05}
-    path = root / "other.json"
-    path.write_text(json.dumps(spec))
-    return str(path)
+    return write_task(tmp_path_factory.mktemp("othertask"), "other", ["w4", "w5"], 60, 10, [[7, 0]], seed=1)
 
 
 @pytest.mark.slow  # a tiny run with every control: about 30 s on the 2-core CPU

@@ -25,25 +25,30 @@ def tiny_lm(tmp_path_factory):
     return jaxicl.load(str(path))
 
 
-@pytest.fixture(scope="module")
-def task_spec(tmp_path_factory):
-    """A two-class task over the tiny tokenizer's words (w10.. are inputs, w1/w2 the labels)."""
-    root = tmp_path_factory.mktemp("tinytask")
-    rng = random.Random(0)
+def write_task(root, name: str, label_words: list[str], first_word: int, spread: int, runs: list, seed: int) -> str:
+    """A two-class task spec over the tiny tokenizer's words w<N>: inputs drawn from `spread` words
+    starting at `first_word`, shifted by `spread` for label 1; returns the spec's path."""
+    rng = random.Random(seed)
     for split, n in (("train", 40), ("validation", 12)):
         with open(root / f"{split}.jsonl", "w") as f:
             for _ in range(n):
                 label = rng.randrange(2)
-                words = " ".join(f"w{rng.randrange(10, 30) + 20 * label}" for _ in range(rng.randrange(2, 5)))
+                words = " ".join(f"w{rng.randrange(first_word, first_word + spread) + spread * label}"
+                                 for _ in range(rng.randrange(2, 5)))  # fmt: skip
                 f.write(json.dumps({"text": words, "label": label}) + "\n")
     spec = {
-        "name": "tiny", "template": "{text} w3", "label_words": ["w1", "w2"],
-        "data_files": {"train": "train.jsonl", "validation": "validation.jsonl"},
-        "runs": [[1, 0], [2, 1]], "lr": 0.05,
+        "name": name, "template": "{text} w3", "label_words": label_words,
+        "data_files": {"train": "train.jsonl", "validation": "validation.jsonl"}, "runs": runs, "lr": 0.05,
     }  # fmt: skip
-    path = root / "tiny.json"
+    path = root / f"{name}.json"
     path.write_text(json.dumps(spec))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def task_spec(tmp_path_factory):
+    """A two-class task over the tiny tokenizer's words (w10.. are inputs, w1/w2 the labels)."""
+    return write_task(tmp_path_factory.mktemp("tinytask"), "tiny", ["w1", "w2"], 10, 20, [[1, 0], [2, 1]], seed=0)
 
 
 def _config(spec: str, **changes) -> RunConfig:
