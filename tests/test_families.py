@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,17 +21,15 @@ from jaxicl.errors import CheckpointError, ModelNotFoundError  # noqa: E402
 from jaxicl.io import registry  # noqa: E402
 from jaxicl.io.hf import MODEL_TYPES, config_from_hf, load_hf_dir  # noqa: E402
 from jaxicl.models.config import FAMILIES  # noqa: E402
-from jaxicl.models.transformer import forward  # noqa: E402
 from tests.test_hf_parity import (  # noqa: E402
     CACHE_TOL,
     LOGIT_TOL,
     VOCAB,
-    _jax_logits,
     _max_delta,
-    _pad,
     _random_rows,
     _save_model,
     built_once,
+    cache_split_delta,
 )
 
 SHAPE = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
@@ -156,18 +153,7 @@ def test_cache_split_equals_one_forward(tiny, kind):
     """Padded prefixes of different lengths through the cache, then padded suffixes: the suffix
     logits equal one forward over prefix + suffix (windows reach back across the split)."""
     path, _ = tiny(kind)
-    config, params, _ = load_hf_dir(path)
-    prefixes, suffixes = _random_rows([6, 3], seed=3), _random_rows([5, 2], seed=4)
-    p_ids, p_valid = _pad(prefixes)
-    s_ids, s_valid = _pad(suffixes)
-    cache = forward(params, config, jnp.asarray(p_ids), valid=jnp.asarray(p_valid), logits_at=None).cache
-    cached = np.asarray(forward(params, config, jnp.asarray(s_ids), valid=jnp.asarray(s_valid), cache=cache).logits)
-    full_ids, full_valid = _pad([p + s for p, s in zip(prefixes, suffixes)])
-    full = _jax_logits(config, params, full_ids, full_valid)
-    delta = max(
-        float(np.abs(cached[row, : len(s)] - full[row, len(p) : len(p) + len(s)]).max())
-        for row, (p, s) in enumerate(zip(prefixes, suffixes))
-    )
+    delta = cache_split_delta(path)
     print(f"\n{kind}: max |delta logit| cache split vs one forward = {delta:.2e}")
     assert delta <= CACHE_TOL
 

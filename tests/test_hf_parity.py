@@ -301,9 +301,9 @@ def _full_rows_logits(config, params, rows):
     return _jax_logits(config, params, ids, valid)
 
 
-def test_cache_continuation_equals_full_forward(tiny):
-    """Padded prefixes of different lengths, then padded suffixes through the cache."""
-    path, _ = tiny("gemma3")
+def cache_split_delta(path) -> float:
+    """Padded prefixes of different lengths through the cache, then padded suffixes: the max |Δ|
+    between the suffix logits and one forward over prefix + suffix."""
     config, params, _ = load_hf_dir(path)
     prefixes, suffixes = _random_rows([6, 3], seed=3), _random_rows([5, 2], seed=4)
     p_ids, p_valid = _pad(prefixes)
@@ -311,9 +311,16 @@ def test_cache_continuation_equals_full_forward(tiny):
     cache = forward(params, config, jnp.asarray(p_ids), valid=jnp.asarray(p_valid), logits_at=None).cache
     cached = np.asarray(forward(params, config, jnp.asarray(s_ids), valid=jnp.asarray(s_valid), cache=cache).logits)
     full = _full_rows_logits(config, params, [p + s for p, s in zip(prefixes, suffixes)])
-    for row, (p, s) in enumerate(zip(prefixes, suffixes)):
-        expected = full[row, len(p) : len(p) + len(s)]
-        np.testing.assert_allclose(cached[row, : len(s)], expected, atol=CACHE_TOL, rtol=0)
+    return max(
+        float(np.abs(cached[row, : len(s)] - full[row, len(p) : len(p) + len(s)]).max())
+        for row, (p, s) in enumerate(zip(prefixes, suffixes))
+    )
+
+
+def test_cache_continuation_equals_full_forward(tiny):
+    """Padded prefixes of different lengths, then padded suffixes through the cache."""
+    path, _ = tiny("gemma3")
+    assert cache_split_delta(path) <= CACHE_TOL
 
 
 def test_shared_prefix_cache_broadcasts_over_suffixes(tiny):
