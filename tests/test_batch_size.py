@@ -66,9 +66,9 @@ def test_out_of_memory_halves_the_batch_with_the_same_numbers(monkeypatch):
     seen = _oom_above(monkeypatch, 4)
     with pytest.warns(UserWarning) as caught:
         got = evaluate(params, CONFIG, ICL_PREFIX, QUERIES, MULTI, EvalOptions(batch_size=16))
-    assert [str(w.message) for w in caught] == [
-        "out of device memory at 16 query rows x 32 tokens; scoring with 8",
-        "out of device memory at 8 query rows x 32 tokens; scoring with 4",
+    assert [str(w.message) for w in caught] == [  # the first batch holds the shortest rows (<= 8 tokens)
+        "out of device memory at 16 query rows x 8 tokens; scoring with 8",
+        "out of device memory at 8 query rows x 8 tokens; scoring with 4",
     ]
     assert seen[:3] == [16, 8, 4] and set(seen[3:]) == {4}  # halved twice, then kept
     np.testing.assert_array_equal(got.predictions, want.predictions)
@@ -80,7 +80,7 @@ def test_out_of_memory_halves_the_batch_with_the_same_numbers(monkeypatch):
 def test_out_of_memory_at_one_row_names_the_stage_and_shapes(monkeypatch):
     _oom_above(monkeypatch, 0)
     with pytest.warns(UserWarning), pytest.raises(InputError, match=r"out of device memory scoring queries: "
-                                                  r"a batch of 1 rows x 32 tokens after a 70-token prefix"):
+                                                  r"a batch of 1 rows x 8 tokens after a 70-token prefix"):
         evaluate(_random_params(CONFIG), CONFIG, ICL_PREFIX, QUERIES, MULTI, EvalOptions(batch_size=2))
 
 

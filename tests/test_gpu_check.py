@@ -115,9 +115,10 @@ def test_forward_flops_by_hand():
     assert gpu_check.forward_flops(c, 1, 8, 8, 8) == 2 * (2 * 8 * w + 4 * 8 * 8 * 4 * 16) + 2 * 64 * 512 * 8
     assert gpu_check.step_flops(c, 10, "gd", 32) == 3 * gpu_check.forward_flops(c, 1, 32, 32, 32)
     assert gpu_check.step_flops(c, 10, "lcgd", 32) == 3 * gpu_check.forward_flops(c, 1, 32, 32, 64)
-    # prefix 60 -> 64 (no logits); 9 rows of 11 tokens in batches of 4 -> 3 batches of [4, 32], 96 keys
+    # prefix 60 -> 64 (no logits); 9 rows of 11 tokens (-> 16, evaluate's multiple of 8) in batches
+    # of 4 -> 3 batches of [4, 16], 80 keys
     assert gpu_check.icl_flops(c, 60, 11, 9, 4) == (
-        gpu_check.forward_flops(c, 1, 64, 64, 0) + 3 * gpu_check.forward_flops(c, 4, 32, 96, 4)
+        gpu_check.forward_flops(c, 1, 64, 64, 0) + 3 * gpu_check.forward_flops(c, 4, 16, 80, 4)
     )
 
 

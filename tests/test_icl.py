@@ -12,13 +12,15 @@ needs one compile; causality alone keeps the padding out of every real position.
 
 from __future__ import annotations
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxicl.errors import InputError
-from jaxicl.icl import RECORD_TAPS, EvalOptions, evaluate, evaluate_many, split_shared
+from jaxicl.icl import RECORD_TAPS, EvalOptions, evaluate, evaluate_many, length_batches, split_shared
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.init import init_params
 from jaxicl.models.transformer import forward
@@ -208,6 +210,18 @@ def test_batch_size_and_padding_do_not_change_numbers(model, batch16, candidates
     cands = {"single-token": SINGLE, "multi-token": MULTI}[candidates]
     options = EvalOptions(batch_size=batch_size, length_multiple=multiple)
     _assert_same_result(evaluate(params, config, ICL_PREFIX, QUERIES, cands, options), batch16[candidates])
+
+
+def test_rows_are_batched_by_sorted_length():
+    """Each row scored once; batches of similar lengths, each padded to its own longest row; the one
+    partial batch holds the shortest rows (padding rows there cost least)."""
+    Row = collections.namedtuple("Row", "name ids")
+    rows = [Row(name, (0,) * n) for name, n in zip("abcdefg", (30, 3, 17, 4, 29, 16, 5), strict=True)]
+    plan = length_batches(rows, size=3, multiple=8)
+    assert [[row.name for row in batch] for batch, _ in plan] == [["b"], ["d", "g", "f"], ["c", "e", "a"]]
+    assert [length for _, length in plan] == [8, 16, 32]
+    assert [len(b) for b, _ in length_batches(rows, size=7, multiple=8)] == [7]
+    assert [len(b) for b, _ in length_batches(rows, size=2, multiple=1)] == [1, 2, 2, 2]
 
 
 def _assert_same_result(got, want) -> None:
