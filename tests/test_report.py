@@ -689,3 +689,31 @@ def test_intervals_from_cells_csv_equal_the_reports_own_for_cells_without_per_ex
     out = run_dir / "intervals.md"
     main([str(run_dir / "report" / "cells.csv"), "--out", str(out)])
     assert out.read_text().strip() == section(md, "## Uncertainty").strip()
+
+
+def _with_tokenwise(cell: dict, value: float) -> dict:
+    """A cell of a --token-wise run: IA2's measure beside the probe-token SimAOU."""
+    cell["per_layer"]["tokenwise_simaou"] = [value] * N_LAYERS
+    cell["scalar"]["tokenwise_simaou"] = value
+    return cell
+
+
+def test_tokenwise_section_sits_beside_simaou_and_is_absent_without_token_wise_cells(run_dir: Path, tmp_path: Path):
+    md = write_report(run_dir, plots=False).read_text()
+    assert "No cells with token-wise records" in section(md, "## Token-wise similarity")
+    assert not (run_dir / "report" / "tokenwise.csv").exists()
+
+    tw = new_run(tmp_path, "tw")
+    for seed, perm in RUNS:  # GD: SimAOU 0.5 at the probe, 0.30 over tokens; LCGD: 0.2 and 0.10
+        write_cell(tw, _with_tokenwise(make_cell("sst2", "trained", "gd", seed, perm, simaou=0.5), 0.30))
+        write_cell(tw, _with_tokenwise(make_cell("sst2", "trained", "lcgd", seed, perm, simaou=0.2), 0.10))
+    write_cell(tw, make_cell("subj", "trained", "gd", 2, 0, simaou=0.4))  # not a token-wise cell: left out
+    md = section(write_report(tw, plots=False).read_text(), "## Token-wise similarity")
+    row = next(line for line in md.splitlines() if line.startswith("| SST2"))
+    assert row.split(" | ")[1:6] == ["3/3", "0.50 ± 0.00", "0.20 ± 0.00", "0.30 ± 0.00", "0.10 ± 0.00"]
+    assert "**+0.20 [0.20, 0.20]**" in row and "**+0.30 [0.30, 0.30]**" in row
+    assert "| Subj" not in md
+    rows = (tw / "report" / "tokenwise.csv").read_text().splitlines()
+    assert rows[0] == "variant,task,quantity,metric,n,mean,std,ci_low,ci_high"
+    diff = next(r.split(",") for r in rows if r.startswith("trained,sst2,gd_minus_lcgd,tokenwise_simaou,3,"))
+    assert [float(x) for x in (diff[5], diff[7], diff[8])] == pytest.approx([0.2, 0.2, 0.2])

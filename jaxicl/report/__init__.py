@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxicl.metrics import PER_LAYER_KEYS
+from jaxicl.metrics import PER_LAYER_KEYS, TOKENWISE_KEY
 from jaxicl.report.cells import (
     Cell,
     CellError,
@@ -141,6 +141,8 @@ from jaxicl.report.tables import (
     table2_section,
     time_csv_rows,
     time_section,
+    tokenwise_csv_rows,
+    tokenwise_section,
     uncertainty_section,
 )
 
@@ -219,6 +221,9 @@ def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[
     if order_cells:
         files["order_sensitivity.csv"] = (["task", "variant", "seed", "perm", "orders", "method", "mean_std"],
                                           order_csv_rows(order_cells))
+    if any(c.value(TOKENWISE_KEY) is not None for c in cells):
+        files["tokenwise.csv"] = (["variant", "task", "quantity", "metric", *stat_header, *ci],
+                                  tokenwise_csv_rows(cells, tasks))
     if control_cells:
         files["controls.csv"] = (["control", "variant", "task", "metric", *stat_header, "real_minus_control", *ci],
                                  controls_csv_rows(cells, control_cells))
@@ -256,6 +261,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     lines += t2_lines + [""] + t1_lines + [""] + uncertainty_section(cells, tasks, t2, t1, differences) + [""]
     lines += accuracy_section(cells, tasks, variants) + [""]
     lines += controls_section(cells, control_cells, tasks) + [""] + order_section(order_cells) + [""]
+    lines += tokenwise_section(cells, tasks) + [""]
     lines += random_section(cells, tasks, variants) + [""] + time_section(totals, timing) + [""]
     lines += (figures_section(cells, tasks, out, grad_norm_task) if plots
               else ["## Figures", "", "Not drawn (plots=False)."]) + [""]

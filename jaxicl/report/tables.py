@@ -1,5 +1,5 @@
-"""The report's tables: Table 2, Table 1, accuracy, random baselines, time per stage and
-learning-rate selection. Each has its report.md section (`*_section`), its markdown table
+"""The report's tables: Table 2, Table 1, accuracy, random baselines, time per stage,
+learning-rate selection, controls, order sensitivity and token-wise similarity. Each has its report.md section (`*_section`), its markdown table
 (`render_*`) and its tidy CSV rows, one number per row at full precision (`*_csv_rows`).
 
 Bold = the higher of GD/LCGD (Table 2; the paper bolds the higher for every metric, SimAM too)
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxicl.metrics import PER_LAYER_KEYS
+from jaxicl.metrics import PER_LAYER_KEYS, TOKENWISE_KEY
 from jaxicl.report.cells import Cell, OrderCell
 from jaxicl.report.figures import plot_lr_selection
 from jaxicl.report.fmt import (
@@ -491,3 +491,51 @@ def order_section(order_cells: Sequence[OrderCell]) -> list[str]:
 
 def order_csv_rows(order_cells: Sequence[OrderCell]) -> list[list]:
     return [[c.task, c.variant, c.seed, c.perm, c.n_orders, m, v] for c in order_cells for m, v in c.mean_std.items()]
+
+
+# ----------------------------------------------------------------------------- token-wise similarity
+
+TOKENWISE_METRICS = ("simaou", TOKENWISE_KEY)
+
+
+def tokenwise_section(cells: Sequence[Cell], tasks: Sequence[str]) -> list[str]:
+    """IA2's token-wise SimAOU (every query token) beside SimAOU (the probe token only), per
+    variant, task and method, with GD − LCGD on each (paired bootstrap)."""
+    lines = ["## Token-wise similarity (IA2; `jaxicl run --token-wise`)", ""]
+    mine = [c for c in cells if c.value(TOKENWISE_KEY) is not None]
+    if not mine:
+        return lines + ["No cells with token-wise records in this run directory."]
+    header = ["task", "runs (GD/LCGD)", "SimAOU GD", "SimAOU LCGD", "token-wise GD", "token-wise LCGD",
+              "GD − LCGD SimAOU", "GD − LCGD token-wise"]  # fmt: skip
+    for variant in order_variants({c.variant for c in mine}):
+        rows = []
+        for t in tasks:
+            gd, lcgd = (select(mine, variant=variant, task=t, method=m) for m in METHODS)
+            if gd or lcgd:
+                rows.append([task_label(t), f"{len(gd)}/{len(lcgd)}",
+                             *(fmt_stat(metric_stat(cs, m)) for m in TOKENWISE_METRICS for cs in (gd, lcgd)),
+                             *(_difference_text(method_difference(gd, lcgd, m)) for m in TOKENWISE_METRICS)])  # fmt: skip
+        lines += [f"### {variant_label(variant)}", ""] + md_table(header, rows) + [""]
+    return lines + ["SimAOU: cosine of the ICL and finetuned updates of the attention output at the probe token; "
+                    "token-wise: the same at every query token up to the probe, averaged over the tokens, then "
+                    "the examples (IA2). Both are layer means; mean ± std over runs. GD − LCGD: paired 95% "
+                    "hierarchical bootstrap; **bold**: the interval excludes 0. Only cells of a --token-wise run "
+                    "are counted."]  # fmt: skip
+
+
+def tokenwise_csv_rows(cells: Sequence[Cell], tasks: Sequence[str]) -> list[list]:
+    """One row per (variant, task, GD / LCGD / GD − LCGD, metric): n, mean, std, interval (the
+    difference's only)."""
+    mine = [c for c in cells if c.value(TOKENWISE_KEY) is not None]
+    rows = []
+    for variant in order_variants({c.variant for c in mine}):
+        for t in tasks:
+            gd, lcgd = (select(mine, variant=variant, task=t, method=m) for m in METHODS)
+            for m in TOKENWISE_METRICS:
+                for method, cs in zip(METHODS, (gd, lcgd), strict=True):
+                    if cs:
+                        rows.append([variant, t, method, m, *stat_cols(metric_stat(cs, m)), None, None])
+                diff = method_difference(gd, lcgd, m)
+                if diff is not None:
+                    rows.append([variant, t, "gd_minus_lcgd", m, diff.n_runs, diff.mean, None, *diff.ci])
+    return rows
