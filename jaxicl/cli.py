@@ -274,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--checkpoints", default=None, metavar="REV1,REV2|@FILE",
                     help="run the grid on each revision of --model (hf:org/name@REV, or DIR/REV for a local "
                     "directory), e.g. Pythia's step0,step1000,...; one run directory per revision")
-    rn.add_argument("--order-permutations", type=int, default=0, metavar="P",
+    rn.add_argument("--order-permutations", type=int, nargs="?", const=8, default=0, metavar="P",
                     help="order sensitivity (Shen et al.): ICL and GD/LCGD under P >= 2 orders of each run's "
-                    "demonstrations (0: off; 8 is a common choice)")
+                    "demonstrations (the flag alone: 8; default 0: off)")
     rn.add_argument("--token-wise", action="store_true",
                     help="also record the attention output at every query token and add IA2's token-wise SimAOU "
                     "(larger evaluation files)")

@@ -68,3 +68,12 @@ def test_order_cell_of_a_tiny_run_is_written_reported_and_resumable(tiny_lm, tas
     assert "## Order sensitivity" in md and "| tiny | 1 | 3 |" in md
     assert (tmp_path / "report" / "order_sensitivity.csv").exists()
     assert run(config, tmp_path, lm=tiny_lm, quiet=True)["skipped"] == 3
+
+
+def test_the_flag_alone_asks_for_eight_orders_and_its_absence_for_none():
+    from jaxicl.cli import build_parser
+
+    def parse(*flags):
+        return build_parser().parse_args(["run", "--out", "x", *flags]).order_permutations
+
+    assert (parse(), parse("--order-permutations"), parse("--order-permutations", "3")) == (0, 8, 3)
