@@ -71,3 +71,53 @@ def test_table1_matches_report():
                     assert _ours(cell) == expected, (label, cells[1], task, cell, expected)
                 checked += 1
     assert checked == 12, "each README has a six-row Table 1"
+
+
+SELECTED = ROOT / "docs" / "results" / "selected_rates"
+TASK_BY_LABEL = {"SST-2": "sst2", "SST-5": "sst5", "MR": "mr", "Subj": "subj", "AG News": "agnews", "CB": "cb"}
+
+
+def _section(heading: str) -> str:
+    """docs/results/README.md from `heading` up to the next heading of any level."""
+    text = (ROOT / "docs" / "results" / "README.md").read_text()
+    start = text.index(heading) + len(heading)
+    return text[start : text.index("\n#", start)]
+
+
+def _numbers(cell: str) -> list[float]:
+    """The numbers of a cell like '0.09 / −0.14' or '+0.05 [0.04, 0.05]' (Unicode minus too)."""
+    return [float(x) for x in re.findall(r"[-+]?[0-9]*\.[0-9]+", cell.replace("−", "-"))]
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tokenwise_table_matches_its_report():
+    rows = _csv(SELECTED / "tokenwise" / "report" / "tokenwise.csv")
+    mean = {(r["task"], r["quantity"], r["metric"]): float(r["mean"]) for r in rows}
+    ci = {(r["task"], r["metric"]): (float(r["ci_low"]), float(r["ci_high"])) for r in rows if r["ci_low"]}
+    section = _section("### Every query token, not just the probe")
+    for label, task in TASK_BY_LABEL.items():
+        [cells] = _table_rows(section, label)
+        probe, tokens, diff = _numbers(cells[1]), _numbers(cells[2]), _numbers(cells[3])
+        assert probe == [round(mean[(task, m, "simaou")], 2) for m in ("gd", "lcgd")], cells
+        assert tokens == [round(mean[(task, m, "tokenwise_simaou")], 2) for m in ("gd", "lcgd")], cells
+        want = (mean[(task, "gd_minus_lcgd", "tokenwise_simaou")], *ci[(task, "tokenwise_simaou")])
+        assert diff == [round(v, 2) for v in want], cells
+
+
+def test_controls_table_matches_its_report():
+    control = {(r["control"], r["task"], r["metric"]): float(r["mean"])
+               for r in _csv(SELECTED / "report" / "controls.csv")}  # fmt: skip
+    real = {(r["task"], r["metric"]): float(r["mean"]) for r in _csv(SELECTED / "report" / "table2.csv")
+            if r["method"] == "gd"}  # fmt: skip
+    section = _section("### Is the similarity about the task?")
+    for label, task in TASK_BY_LABEL.items():
+        [cells] = _table_rows(section, label)
+        want = [real[(task, m)] for m in ("simaou", "simam_delta")]
+        for name in ("cross-task", "shuffled-gd", "shuffled-icl"):
+            want += [control[(name, task, m)] for m in ("simaou", "simam_delta")]
+        got = [v for cell in cells[1:5] for v in _numbers(cell)]
+        assert got == [round(v, 2) + 0.0 for v in want], cells
