@@ -86,7 +86,7 @@ def _section(heading: str) -> str:
 
 def _numbers(cell: str) -> list[float]:
     """The numbers of a cell like '0.09 / −0.14' or '+0.05 [0.04, 0.05]' (Unicode minus too)."""
-    return [float(x) for x in re.findall(r"[-+]?[0-9]*\.[0-9]+", cell.replace("−", "-"))]
+    return [float(x) for x in re.findall(r"[-+]?[0-9]*\.?[0-9]+", cell.replace("−", "-"))]
 
 
 def _csv(path: Path) -> list[dict]:
@@ -121,3 +121,15 @@ def test_controls_table_matches_its_report():
             want += [control[(name, task, m)] for m in ("simaou", "simam_delta")]
         got = [v for cell in cells[1:5] for v in _numbers(cell)]
         assert got == [round(v, 2) + 0.0 for v in want], cells
+
+
+def test_order_table_matches_its_report():
+    rows = _csv(SELECTED / "order" / "report" / "order_sensitivity.csv")
+    std = {(r["task"], r["method"]): float(r["mean_std"]) for r in rows}
+    section = _section("### Does the order of the demonstrations matter?")
+    for label, task in TASK_BY_LABEL.items():
+        [cells] = _table_rows(section, label)
+        assert _numbers(cells[1])[0] == round(std[(task, "icl")], 3), cells
+        assert _numbers(cells[2])[0] == round(std[(task, "gd")], 3), cells
+        ratio = std[(task, "icl")] / std[(task, "gd")]
+        assert _numbers(cells[3])[0] == (round(ratio, 2) if ratio < 1 else round(ratio)), cells
