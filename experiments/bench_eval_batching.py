@@ -67,7 +67,7 @@ def _schemes(lm, prefix, queries, candidates):
         return scores
 
     real = sum(len(r.ids) for r in rows)
-    old = [_plan([r for r in rows if r.example in set(m)], 32) for m in groups.values()]
+    old = [_plan([r for r in rows if r.example in members], 32) for members in map(set, groups.values())]
 
     def sorted_by_length(multiple: int):
         options = EvalOptions(batch_size=SIZE, records=(), length_multiple=multiple)

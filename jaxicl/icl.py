@@ -351,8 +351,8 @@ def _to_devices(arrays: tuple[np.ndarray, ...], mesh: Mesh | None) -> tuple[jax.
 def length_batches(rows: Sequence, size: int, multiple: int) -> list[tuple[list, int]]:
     """Rows (anything with `.ids`) sorted by length and cut into batches of `size` consecutive rows,
     each with its padded length (its longest row rounded up to `multiple`). Against one partial
-    batch per length bucket this pads far less (a 3-class CB eval set: 28% of the executed tokens
-    real before, 53% now); the one partial batch holds the shortest rows, where padding costs least."""
+    batch per length bucket this pads far less (CB's 56-query eval set: 28% of the executed tokens
+    real before, 58% now); the one partial batch holds the shortest rows, where padding costs least."""
     ordered = sorted(rows, key=lambda row: len(row.ids))  # stable: ties keep their order
     first = len(ordered) % size or size
     chunks = [ordered[:first]] + [ordered[i : i + size] for i in range(first, len(ordered), size)]
