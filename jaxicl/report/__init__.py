@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxicl.metrics import PER_LAYER_KEYS, TOKENWISE_KEY
+from jaxicl.metrics import PER_LAYER_KEYS
 from jaxicl.report.cells import (
     Cell,
     CellError,
@@ -194,7 +194,8 @@ def _problems_section(problems: Sequence[Problem]) -> list[str]:
 
 
 def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str], t2: dict, t1: dict,
-                differences: dict, control_cells: dict, order_cells: list, times: list[list], out: Path) -> list[str]:
+                differences: dict, control_cells: dict, order_cells: list, tokenwise: dict, times: list[list],
+                out: Path) -> list[str]:
     """Tidy CSVs (one number per row, full precision) of everything the tables and plots show."""
     stat_header = ["n", "mean", "std"]
     paper = ["paper_mean", "paper_std"]
@@ -221,9 +222,9 @@ def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[
     if order_cells:
         files["order_sensitivity.csv"] = (["task", "variant", "seed", "perm", "orders", "method", "mean_std"],
                                           order_csv_rows(order_cells))
-    if any(c.value(TOKENWISE_KEY) is not None for c in cells):
+    if tokenwise:
         files["tokenwise.csv"] = (["variant", "task", "quantity", "metric", *stat_header, *ci],
-                                  tokenwise_csv_rows(cells, tasks))
+                                  tokenwise_csv_rows(tokenwise))
     if control_cells:
         files["controls.csv"] = (["control", "variant", "task", "metric", *stat_header, "real_minus_control", *ci],
                                  controls_csv_rows(cells, control_cells))
@@ -254,14 +255,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     differences = method_differences(cells, tasks)
     control_cells, control_problems = load_controls(run_dir)
     order_cells, order_problems = load_order(run_dir)
-    csv_files = _write_csvs(cells, tasks, variants, t2, t1, differences, control_cells, order_cells,
+    tokenwise_lines, tokenwise = tokenwise_section(cells, tasks)
+    csv_files = _write_csvs(cells, tasks, variants, t2, t1, differences, control_cells, order_cells, tokenwise,
                             time_csv_rows(totals, timing), out)  # fmt: skip
     problems = config_problems + problems + control_problems + order_problems + seconds_problems + timing_problems
     lines = _header(config, cells, run_dir) + [""] + _problems_section(problems) + [""]
     lines += t2_lines + [""] + t1_lines + [""] + uncertainty_section(cells, tasks, t2, t1, differences) + [""]
     lines += accuracy_section(cells, tasks, variants) + [""]
     lines += controls_section(cells, control_cells, tasks) + [""] + order_section(order_cells) + [""]
-    lines += tokenwise_section(cells, tasks) + [""]
+    lines += tokenwise_lines + [""]
     lines += random_section(cells, tasks, variants) + [""] + time_section(totals, timing) + [""]
     lines += (figures_section(cells, tasks, out, grad_norm_task) if plots
               else ["## Figures", "", "Not drawn (plots=False)."]) + [""]

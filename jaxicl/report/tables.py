@@ -498,44 +498,56 @@ def order_csv_rows(order_cells: Sequence[OrderCell]) -> list[list]:
 TOKENWISE_METRICS = ("simaou", TOKENWISE_KEY)
 
 
-def tokenwise_section(cells: Sequence[Cell], tasks: Sequence[str]) -> list[str]:
-    """IA2's token-wise SimAOU (every query token) beside SimAOU (the probe token only), per
-    variant, task and method, with GD − LCGD on each (paired bootstrap)."""
-    lines = ["## Token-wise similarity (IA2; `jaxicl run --token-wise`)", ""]
+def tokenwise_stats(cells: Sequence[Cell], tasks: Sequence[str]) -> dict[tuple[str, str], dict]:
+    """(variant, task) → GD and LCGD cells of a --token-wise run, each metric's Stat per method and
+    GD − LCGD per metric (paired bootstrap): computed once for the section and the CSV."""
     mine = [c for c in cells if c.value(TOKENWISE_KEY) is not None]
-    if not mine:
-        return lines + ["No cells with token-wise records in this run directory."]
-    header = ["task", "runs (GD/LCGD)", "SimAOU GD", "SimAOU LCGD", "token-wise GD", "token-wise LCGD",
-              "GD − LCGD SimAOU", "GD − LCGD token-wise"]  # fmt: skip
+    out = {}
     for variant in order_variants({c.variant for c in mine}):
-        rows = []
         for t in tasks:
             gd, lcgd = (select(mine, variant=variant, task=t, method=m) for m in METHODS)
             if gd or lcgd:
-                rows.append([task_label(t), f"{len(gd)}/{len(lcgd)}",
-                             *(fmt_stat(metric_stat(cs, m)) for m in TOKENWISE_METRICS for cs in (gd, lcgd)),
-                             *(_difference_text(method_difference(gd, lcgd, m)) for m in TOKENWISE_METRICS)])  # fmt: skip
+                out[(variant, t)] = {
+                    "runs": (len(gd), len(lcgd)),
+                    "stats": {(m, method): metric_stat(cs, m) for m in TOKENWISE_METRICS
+                              for method, cs in zip(METHODS, (gd, lcgd), strict=True)},
+                    "differences": {m: method_difference(gd, lcgd, m) for m in TOKENWISE_METRICS},
+                }  # fmt: skip
+    return out
+
+
+def tokenwise_section(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[list[str], dict]:
+    """IA2's token-wise SimAOU (every query token) beside SimAOU (the probe token only), per
+    variant, task and method, with GD − LCGD on each (paired bootstrap)."""
+    stats = tokenwise_stats(cells, tasks)
+    lines = ["## Token-wise similarity (IA2; `jaxicl run --token-wise`)", ""]
+    if not stats:
+        return lines + ["No cells with token-wise records in this run directory."], stats
+    header = ["task", "runs (GD/LCGD)", "SimAOU GD", "SimAOU LCGD", "token-wise GD", "token-wise LCGD",
+              "GD − LCGD SimAOU", "GD − LCGD token-wise"]  # fmt: skip
+    for variant in order_variants({v for v, _ in stats}):
+        rows = [[task_label(t), "/".join(map(str, entry["runs"])),
+                 *(fmt_stat(entry["stats"][(m, method)]) for m in TOKENWISE_METRICS for method in METHODS),
+                 *(_difference_text(entry["differences"][m]) for m in TOKENWISE_METRICS)]
+                for (v, t), entry in stats.items() if v == variant]  # fmt: skip
         lines += [f"### {variant_label(variant)}", ""] + md_table(header, rows) + [""]
     return lines + ["SimAOU: cosine of the ICL and finetuned updates of the attention output at the probe token; "
                     "token-wise: the same at every query token up to the probe, averaged over the tokens, then "
                     "the examples (IA2). Both are layer means; mean ± std over runs. GD − LCGD: paired 95% "
                     "hierarchical bootstrap; **bold**: the interval excludes 0. Only cells of a --token-wise run "
-                    "are counted."]  # fmt: skip
+                    "are counted."], stats  # fmt: skip
 
 
-def tokenwise_csv_rows(cells: Sequence[Cell], tasks: Sequence[str]) -> list[list]:
+def tokenwise_csv_rows(stats: Mapping[tuple[str, str], Mapping]) -> list[list]:
     """One row per (variant, task, GD / LCGD / GD − LCGD, metric): n, mean, std, interval (the
     difference's only)."""
-    mine = [c for c in cells if c.value(TOKENWISE_KEY) is not None]
     rows = []
-    for variant in order_variants({c.variant for c in mine}):
-        for t in tasks:
-            gd, lcgd = (select(mine, variant=variant, task=t, method=m) for m in METHODS)
-            for m in TOKENWISE_METRICS:
-                for method, cs in zip(METHODS, (gd, lcgd), strict=True):
-                    if cs:
-                        rows.append([variant, t, method, m, *stat_cols(metric_stat(cs, m)), None, None])
-                diff = method_difference(gd, lcgd, m)
-                if diff is not None:
-                    rows.append([variant, t, "gd_minus_lcgd", m, diff.n_runs, diff.mean, None, *diff.ci])
+    for (variant, t), entry in stats.items():
+        for m in TOKENWISE_METRICS:
+            for method in METHODS:
+                if entry["stats"][(m, method)] is not None:
+                    rows.append([variant, t, method, m, *stat_cols(entry["stats"][(m, method)]), None, None])
+            diff = entry["differences"][m]
+            if diff is not None:
+                rows.append([variant, t, "gd_minus_lcgd", m, diff.n_runs, diff.mean, None, *diff.ci])
     return rows
