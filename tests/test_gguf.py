@@ -450,3 +450,19 @@ def test_tokenizer_larger_than_embedding_is_refused(tmp_path, vocab):
     path = tg.write_model(tmp_path / "tok.gguf", model, "llama", raw)
     with pytest.raises(CheckpointError, match="tokenizer has"):
         load_gguf(path)
+
+
+def test_tokenizer_that_does_not_merge_is_refused(tmp_path, llama_file):
+    """A tokenizer that decodes right but lost its merges (transformers 5.17.0's Gemma 3 GGUF build
+    did this) would split every prompt into characters: refused, naming the file and examples."""
+    merges = tg.tokenizer_metadata(tg.train_tokenizer(), add_bos=False)["tokenizer.ggml.merges"]
+    path = _variant(tmp_path, llama_file[1], meta={"tokenizer.ggml.merges": merges[:1]})
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}.*does not reproduce its own vocabulary"):
+        load_gguf(path)
+
+
+def test_vocabulary_round_trip_counts_the_fixture_whole(llama_file):
+    from jaxicl.io.tokenizer import vocabulary_round_trip
+
+    kept, checked, failures = vocabulary_round_trip(load_gguf(llama_file[0])[2].backend)
+    assert checked >= 20 and kept == checked and failures == []

@@ -32,7 +32,7 @@ import gguf
 import numpy as np
 
 from jaxicl.errors import CheckpointError, ModelNotFoundError
-from jaxicl.io.tokenizer import Tokenizer
+from jaxicl.io.tokenizer import Tokenizer, check_vocabulary_round_trip
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.init import check_param_shapes, param_shapes
 
@@ -557,6 +557,7 @@ def _tokenizer(path: str, config: ModelConfig) -> Tokenizer:
         raise CheckpointError(
             f"{path}: tokenizer has {len(backend)} tokens but the embedding only {config.vocab_size} rows"
         )
+    check_vocabulary_round_trip(backend, path)
     return Tokenizer(backend=backend, bos_id=config.bos_token_id, eos_id=config.eos_token_id, add_bos=config.add_bos)
 
 
