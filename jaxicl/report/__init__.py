@@ -123,6 +123,7 @@ from jaxicl.report.tables import (
     accuracy_section,
     controls_csv_rows,
     controls_section,
+    controls_stats,
     order_csv_rows,
     order_section,
     differences_csv_rows,
@@ -194,7 +195,7 @@ def _problems_section(problems: Sequence[Problem]) -> list[str]:
 
 
 def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[str], t2: dict, t1: dict,
-                differences: dict, control_cells: dict, order_cells: list, tokenwise: dict, times: list[list],
+                differences: dict, controls: dict, order_cells: list, tokenwise: dict, times: list[list],
                 out: Path) -> list[str]:
     """Tidy CSVs (one number per row, full precision) of everything the tables and plots show."""
     stat_header = ["n", "mean", "std"]
@@ -225,9 +226,9 @@ def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[
     if tokenwise:
         files["tokenwise.csv"] = (["variant", "task", "quantity", "metric", *stat_header, *ci],
                                   tokenwise_csv_rows(tokenwise))
-    if control_cells:
+    if controls:
         files["controls.csv"] = (["control", "variant", "task", "metric", *stat_header, "real_minus_control", *ci],
-                                 controls_csv_rows(cells, control_cells))
+                                 controls_csv_rows(controls))
     for name, (header, rows) in files.items():
         write_csv(out / name, header, rows)
     return list(files)
@@ -256,13 +257,14 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     control_cells, control_problems = load_controls(run_dir)
     order_cells, order_problems = load_order(run_dir)
     tokenwise_lines, tokenwise = tokenwise_section(cells, tasks)
-    csv_files = _write_csvs(cells, tasks, variants, t2, t1, differences, control_cells, order_cells, tokenwise,
+    controls = controls_stats(cells, control_cells)
+    csv_files = _write_csvs(cells, tasks, variants, t2, t1, differences, controls, order_cells, tokenwise,
                             time_csv_rows(totals, timing), out)  # fmt: skip
     problems = config_problems + problems + control_problems + order_problems + seconds_problems + timing_problems
     lines = _header(config, cells, run_dir) + [""] + _problems_section(problems) + [""]
     lines += t2_lines + [""] + t1_lines + [""] + uncertainty_section(cells, tasks, t2, t1, differences) + [""]
     lines += accuracy_section(cells, tasks, variants) + [""]
-    lines += controls_section(cells, control_cells, tasks) + [""] + order_section(order_cells) + [""]
+    lines += controls_section(cells, control_cells, tasks, controls) + [""] + order_section(order_cells) + [""]
     lines += tokenwise_lines + [""]
     lines += random_section(cells, tasks, variants) + [""] + time_section(totals, timing) + [""]
     lines += (figures_section(cells, tasks, out, grad_norm_task) if plots

@@ -407,9 +407,27 @@ CONTROL_LABELS = {
 CONTROL_METRICS = ("simaou", "simam_delta")
 
 
-def controls_section(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell]], tasks: Sequence[str]) -> list[str]:
+def controls_stats(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell]]) -> dict[tuple[str, str, str], dict]:
+    """(control, variant, task) → the control's cells, each metric's Stat and real GD − control per
+    metric (paired bootstrap): computed once for the section and the CSV."""
+    out = {}
+    for name, cs in controls.items():
+        for variant in order_variants({c.variant for c in cs}):
+            for t in order_tasks({c.task for c in cs}):
+                real, mine = select(cells, variant=variant, task=t, method="gd"), select(cs, variant=variant, task=t)
+                out[(name, variant, t)] = {
+                    "cells": mine,
+                    "stats": {m: metric_stat(mine, m) for m in CONTROL_METRICS},
+                    "differences": {m: method_difference(real, mine, m) for m in CONTROL_METRICS},
+                }
+    return out
+
+
+def controls_section(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell]], tasks: Sequence[str],
+                     stats: Mapping[tuple[str, str, str], Mapping]) -> list[str]:
     """Real GD against each task-specificity control, per variant and task: SimAOU and SimAM_Δ
-    (mean ± std over runs) and real − control with its paired bootstrap interval."""
+    (mean ± std over runs) and real − control with its paired bootstrap interval (`stats`:
+    `controls_stats`)."""
     lines = ["## Task-specificity controls (`jaxicl run --controls`)", "",
              "Does real GD beat the controls? A control finetunes on another task's demonstrations "
              "(cross-task) or on permuted labels (shuffled); if the similarity is about the task, real GD "
@@ -422,20 +440,19 @@ def controls_section(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell
     for variant in order_variants({c.variant for cs in controls.values() for c in cs}):
         rows = []
         for t in tasks:
-            real = select(cells, variant=variant, task=t, method="gd")
-            mine = {name: select(cs, variant=variant, task=t) for name, cs in controls.items()}
-            if not any(mine.values()):
+            mine = {name: stats[(name, variant, t)] for name in controls
+                    if (name, variant, t) in stats and stats[(name, variant, t)]["cells"]}  # fmt: skip
+            if not mine:
                 continue
+            real = select(cells, variant=variant, task=t, method="gd")
             rows.append([task_label(t), "real GD", str(len(real)), *(fmt_stat(metric_stat(real, m)) for m in CONTROL_METRICS),
                          fmt_stat(mean_std(c.accuracy["ft"] for c in real), 3), "", ""])  # fmt: skip
             beaten = []
-            for name, cs in mine.items():
-                if not cs:
-                    continue
-                diffs = {m: method_difference(real, cs, m) for m in CONTROL_METRICS}
-                label = CONTROL_LABELS.get(name, name)
-                rows.append([task_label(t), label, str(len(cs)), *(fmt_stat(metric_stat(cs, m)) for m in CONTROL_METRICS),
-                             fmt_stat(mean_std(c.accuracy["ft"] for c in cs), 3),
+            for name, entry in mine.items():
+                diffs, label = entry["differences"], CONTROL_LABELS.get(name, name)
+                rows.append([task_label(t), label, str(len(entry["cells"])),
+                             *(fmt_stat(entry["stats"][m]) for m in CONTROL_METRICS),
+                             fmt_stat(mean_std(c.accuracy["ft"] for c in entry["cells"]), 3),
                              *(_difference_text(diffs[m]) for m in CONTROL_METRICS)])  # fmt: skip
                 wins = [METRIC_LABELS[m] for m, d in diffs.items() if d is not None and d.excludes_zero and d.mean > 0]
                 beaten.append(f"{label}: {'beaten on ' + ' and '.join(wins) if wins else 'not beaten'}")
@@ -446,18 +463,13 @@ def controls_section(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell
     return lines
 
 
-def controls_csv_rows(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell]]) -> list[list]:
+def controls_csv_rows(stats: Mapping[tuple[str, str, str], Mapping]) -> list[list]:
     """One row per (control, variant, task, metric): the control's mean and real − control with its interval."""
     rows = []
-    for name, cs in controls.items():
-        for variant in order_variants({c.variant for c in cs}):
-            for t in order_tasks({c.task for c in cs}):
-                real = select(cells, variant=variant, task=t, method="gd")
-                mine = select(cs, variant=variant, task=t)
-                for m in CONTROL_METRICS:
-                    stat, diff = metric_stat(mine, m), method_difference(real, mine, m)
-                    rows.append([name, variant, t, m, *stat_cols(stat),
-                                 *((diff.mean, *diff.ci) if diff else (None, None, None))])  # fmt: skip
+    for (name, variant, t), entry in stats.items():
+        for m in CONTROL_METRICS:
+            stat, diff = entry["stats"][m], entry["differences"][m]
+            rows.append([name, variant, t, m, *stat_cols(stat), *((diff.mean, *diff.ci) if diff else (None, None, None))])
     return rows
 
 
