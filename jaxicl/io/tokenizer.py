@@ -48,7 +48,7 @@ ROUND_TRIP_SAMPLE = 500
 ROUND_TRIP_MIN_SHARE = 0.9
 
 
-def vocabulary_round_trip(backend: Any, sample: int = ROUND_TRIP_SAMPLE) -> tuple[int, int, list[tuple[int, str, list[int]]]]:
+def vocabulary_round_trip(backend: Any, sample: int = ROUND_TRIP_SAMPLE) -> tuple[int, int, list[tuple]]:
     """(tokens that encode back to themselves, tokens checked, a few that do not) over evenly spaced
     ids; special tokens, one-character tokens and partial UTF-8 bytes are not checked."""
     size = len(backend)

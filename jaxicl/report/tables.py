@@ -423,7 +423,7 @@ def controls_stats(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell]]
     return out
 
 
-def controls_section(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell]], tasks: Sequence[str],
+def controls_section(cells: Sequence[Cell], tasks: Sequence[str],
                      stats: Mapping[tuple[str, str, str], Mapping]) -> list[str]:
     """Real GD against each task-specificity control, per variant and task: SimAOU and SimAM_Δ
     (mean ± std over runs) and real − control with its paired bootstrap interval (`stats`:
@@ -432,16 +432,16 @@ def controls_section(cells: Sequence[Cell], controls: Mapping[str, Sequence[Cell
              "Does real GD beat the controls? A control finetunes on another task's demonstrations "
              "(cross-task) or on permuted labels (shuffled); if the similarity is about the task, real GD "
              "should be more ICL-like than every control.", ""]  # fmt: skip
-    if not controls:
+    if not stats:
         return lines + ["No control cells in this run directory."]
     header = ["task", "compared", "runs", *(METRIC_LABELS[m] for m in CONTROL_METRICS), "FT acc",
               *(f"real − control {METRIC_LABELS[m]}" for m in CONTROL_METRICS)]  # fmt: skip
     verdicts = []
-    for variant in order_variants({c.variant for cs in controls.values() for c in cs}):
+    for variant in order_variants({v for _, v, _ in stats}):
         rows = []
         for t in tasks:
-            mine = {name: stats[(name, variant, t)] for name in controls
-                    if (name, variant, t) in stats and stats[(name, variant, t)]["cells"]}  # fmt: skip
+            mine = {name: entry for (name, v, task), entry in stats.items()
+                    if (v, task) == (variant, t) and entry["cells"]}  # fmt: skip
             if not mine:
                 continue
             real = select(cells, variant=variant, task=t, method="gd")
@@ -469,7 +469,8 @@ def controls_csv_rows(stats: Mapping[tuple[str, str, str], Mapping]) -> list[lis
     for (name, variant, t), entry in stats.items():
         for m in CONTROL_METRICS:
             stat, diff = entry["stats"][m], entry["differences"][m]
-            rows.append([name, variant, t, m, *stat_cols(stat), *((diff.mean, *diff.ci) if diff else (None, None, None))])
+            rows.append([name, variant, t, m, *stat_cols(stat),
+                         *((diff.mean, *diff.ci) if diff else (None, None, None))])  # fmt: skip
     return rows
 
 
