@@ -4,7 +4,7 @@ against the earlier batching (one partial batch per 32-token length bucket), sid
 The earlier batching is reproduced exactly by one `evaluate` call per 32-token bucket of queries:
 inside a bucket every row pads to the bucket's length and the bucket's last batch is partial, as
 before. The workload is the tune's: a finetuned model's zero-shot scores on a task's selection set
-(jaxicl/tune.py), scores only, batch 16. Printed per task and scheme: warm seconds (best of
+(jaxicl/runner/tune.py), scores only, batch 16. Printed per task and scheme: warm seconds (best of
 --repeats, the schemes interleaved so a busy machine slows them alike), ms per query, the share of
 executed tokens that are real (padding is the rest), the programs compiled (one per padded
 length), the speed-up over the earlier batching and the largest score difference from it; beside
@@ -26,9 +26,8 @@ SIZE = 16
 
 
 def _selection_queries(lm, name: str):
-    from jaxicl import tune
     from jaxicl.data.tasks import get_task
-    from jaxicl.experiment import run_prompts
+    from jaxicl.runner import run_prompts, tune
 
     task = get_task(name)
     config = tune.TuneConfig(tasks=(name,))
@@ -39,7 +38,7 @@ def _selection_queries(lm, name: str):
 
 def _plan(rows, multiple: int) -> tuple[int, set[int]]:
     """(tokens `evaluate` computes for these rows, padding included; the padded lengths it compiles)."""
-    from jaxicl.icl import length_batches
+    from jaxicl.engine.scoring import length_batches
 
     lengths = [length for _, length in length_batches(rows, SIZE, multiple)]
     return SIZE * sum(lengths), set(lengths)
@@ -48,7 +47,7 @@ def _plan(rows, multiple: int) -> tuple[int, set[int]]:
 def _schemes(lm, prefix, queries, candidates):
     """name -> (score function, share of executed tokens that are real, programs compiled)."""
     from jaxicl.api import bucket
-    from jaxicl.icl import EvalOptions, _rows, evaluate
+    from jaxicl.engine.scoring import EvalOptions, _rows, evaluate
 
     rows = _rows(queries, candidates, "label")
     width = {}

@@ -35,7 +35,7 @@ def _demos(model: str, task: str, seed: int):
 
 
 def run_jaxicl(args, method: str) -> dict:
-    from jaxicl.finetune import GD, LCGD, FinetuneOptions, finetune
+    from jaxicl.engine.finetune import GD, LCGD, FinetuneOptions, finetune
 
     lm, demos, lr = _demos(args.model, args.task, args.seed)
     options = FinetuneOptions(lr=lr, objective={"gd": GD, "lcgd": LCGD}[method], all_grad_norms=False)

@@ -22,7 +22,7 @@ import numpy as np
 
 import jaxicl
 from jaxicl.data import build_prompts, get_task
-from jaxicl.finetune import FinetuneOptions, finetune, finetune_many
+from jaxicl.engine.finetune import FinetuneOptions, finetune, finetune_many
 
 
 def timed(fn) -> tuple[float, object]:

@@ -4,7 +4,7 @@ one (`off`), each in a fresh process with no persistent compilation cache, side 
 
 Prints wall time, programs compiled and compile seconds, the batched engine's share, each run's
 time split into device, compile and host (timing.json "stages"), the device-to-host copies of
-finetuning stats per run (one by construction: jaxicl/finetune.py fetches a run's stacked stats
+finetuning stats per run (one by construction: jaxicl/engine/finetune fetches a run's stacked stats
 once), and the largest difference between the two runs' cells.
 
     python experiments/bench_grid.py [--model gemma3-270m] [--task sst2] [--n-runs 3] [--n-eval 200] [--k 32]
@@ -29,7 +29,7 @@ from experiments.benchutil import matmul_gflops, rss_mb, run_child  # noqa: E402
 
 def child(args) -> dict:
     import jaxicl
-    from jaxicl.experiment import RunConfig, run
+    from jaxicl.runner import RunConfig, run
 
     lm = jaxicl.load(args.model)
     config = RunConfig(model=args.model, tasks=(args.task,), n_runs=args.n_runs, k=args.k, n_eval=args.n_eval,

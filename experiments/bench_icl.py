@@ -5,7 +5,7 @@ Each method runs in its own subprocess (so peak RSS is its own) on the same prom
                as the authors' code does;
   * hf-cached: transformers computes the demonstration prefix once and reuses a copy of its
                KV cache for every query (what a careful user would write);
-  * jaxicl:    jaxicl.icl.evaluate (prefix KV cache shared by batches of length-sorted queries).
+  * jaxicl:    jaxicl.engine.scoring.evaluate (prefix KV cache shared by batches of length-sorted queries).
 Then jaxicl's per-query cost for k in {0, 8, 16, 32, 64} demonstrations. Beside jaxicl's time it
 prints its achieved GFLOP/s and this machine's own jitted 2048² fp32 matmul rate, measured in the
 same process: "executed" counts what the device computes (padded rows and tokens included, the
@@ -40,7 +40,7 @@ def _prompts(model: str, task: str, k: int, n: int, seed: int):
 def run_jaxicl(args) -> dict:
     import jax
 
-    from jaxicl.icl import EvalOptions, evaluate, prefix_cache, score_rows
+    from jaxicl.engine.scoring import EvalOptions, evaluate, prefix_cache, score_rows
 
     lm, p = _prompts(args.model, args.task, args.k, args.n_queries, args.seed)
     options = EvalOptions(batch_size=args.batch_size, records=() if args.scores_only else EvalOptions().records)
@@ -79,7 +79,7 @@ def icl_flops(config, p, options) -> tuple[float, float]:
     from gpu_check import forward_flops
 
     from jaxicl.api import bucket
-    from jaxicl.icl import _rows, length_batches
+    from jaxicl.engine.scoring import _rows, length_batches
 
     rows = _rows(p.query_ids, p.candidate_ids, options.probe)
     prefix = bucket(len(p.prefix_ids), 64) if len(p.prefix_ids) else 0
@@ -134,7 +134,7 @@ def run_hf(args, cached: bool) -> dict:
 
 
 def run_k_sweep(args) -> dict:
-    from jaxicl.icl import EvalOptions, evaluate
+    from jaxicl.engine.scoring import EvalOptions, evaluate
 
     out = {}
     for k in (0, 8, 16, 32, 64):
@@ -178,8 +178,8 @@ def main() -> None:
           f"({jax.default_backend()}), torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"{args.model}, {args.task}, k={args.k} (k_icl={ours['k_icl']}, prefix {ours['prefix_tokens']} tokens), "
           f"{n} queries, fp32, records {'off' if args.scores_only else 'on (attn_out, attn_scores, resid_post)'}")
-    print(f"| method | seconds | ms/query | speed-up of jaxicl | peak RSS MB | agreement with jaxicl |")
-    print(f"|---|---|---|---|---|---|")
+    print("| method | seconds | ms/query | speed-up of jaxicl | peak RSS MB | agreement with jaxicl |")
+    print("|---|---|---|---|---|---|")
     for name, r in (("jaxicl (warm)", ours), ("transformers, prefix cache reused", cached),
                     ("transformers, full prompt per query", full)):
         print(f"| {name} | {r['seconds']:.1f} | {1e3 * r['seconds'] / n:.0f} | {r['seconds'] / ours['seconds']:.1f}x | "

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repo's jaxicl importa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxicl.data.tasks import get_task  # noqa: E402
-from jaxicl.report import TABLE_METRICS, METRIC_LABELS, Cell, fmt_stat, load_cells, mean_std, order_tasks, select  # noqa: E402
+from jaxicl.report import METRIC_LABELS, TABLE_METRICS, Cell, fmt_stat, load_cells, mean_std, order_tasks, select  # noqa: E402
 from jaxicl.report.cells import load_cells_csv  # noqa: E402
 
 ACCURACIES = ("zs", "icl", "ft")

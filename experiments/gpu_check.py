@@ -13,10 +13,10 @@ dtypes: fp32, and bf16 (params cast with jax.tree.map; the forward keeps norms, 
 logits in fp32; finetuning then runs with compute_dtype="bfloat16").
 
 Workloads, each timed after a warm-up call that also gives the first-call (compile) time:
-  * ICL: `jaxicl.icl.evaluate` (records on, default EvalOptions taps) of N random queries of about
+  * ICL: `jaxicl.engine.scoring.evaluate` (records on, default EvalOptions taps) of N random queries of about
     `--query-tokens` tokens after one random prefix of `--prefix-tokens` tokens, two single-token
     candidates (one scoring row per query);
-  * GD / LCGD: `jaxicl.finetune.finetune` (default FinetuneOptions: all_grad_norms on, SGD on the
+  * GD / LCGD: `jaxicl.engine.finetune.finetune` (default FinetuneOptions: all_grad_norms on, SGD on the
     keys/values, one jitted `train_step` per demonstration) on `--steps` random demonstrations of
     `--demo-tokens` tokens; step time = wall time / steps (one dispatch per step; the stats are
     fetched once per run);
@@ -76,11 +76,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import compile_cache
-from jaxicl.icl import EvalOptions, evaluate, prefix_cache, score_rows
+from jaxicl.engine.scoring import EvalOptions, evaluate, prefix_cache, score_rows
 from jaxicl.io.results import write_json_atomic
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.init import init_params, param_shapes
+from jaxicl.runtime import compile_cache
 
 MODELS = ("gemma3-270m", "xglm-1.3b")
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -226,15 +226,16 @@ def _step_xla_flops(params, config, options, demo_len) -> float | None:
     """XLA's count of one `train_step`; uses finetune's private step plumbing, so any change
     there just falls back to the analytic count."""
     try:
-        from jaxicl import finetune as ft
-        from jaxicl import transforms as T
+        from jaxicl.engine import finetune as ft
+        from jaxicl.engine import transforms as T
+        from jaxicl.engine.finetune.demos import to_device_batch
 
         mask = T.kv_mask(config)
         spec = ft.StepSpec.of(options)
         trainable, frozen = T.split_params(params, mask.paths)
         opt_state = ft.optimizer(spec, options.lr).init(trainable)
         seq = list(range(3, 3 + demo_len))
-        batch = ft._batch([ft.demo_arrays(seq, None, "all", _bucket(demo_len, options.length_multiple))])
+        batch = to_device_batch([ft.demo_arrays(seq, None, "all", _bucket(demo_len, options.length_multiple))])
         lowered = ft.train_step.lower(
             trainable, opt_state, frozen, batch, jnp.float32(options.lr), True, config=config, spec=spec, mask=mask
         )
@@ -326,7 +327,7 @@ def bench_icl(params, config: ModelConfig, args, rng, batch: int | None = None, 
 
 
 def bench_step(params, config: ModelConfig, dtype: str, method: str, args, rng) -> dict:
-    from jaxicl.finetune import METHODS, FinetuneOptions, finetune
+    from jaxicl.engine.finetune import METHODS, FinetuneOptions, finetune
 
     options = FinetuneOptions(lr=1e-3, objective=METHODS[method], compute_dtype=COMPUTE_DTYPE[dtype])
     demos = [[config.bos_token_id] + _random_ids(rng, config, args.demo_tokens - 1) for _ in range(args.steps)]
@@ -354,7 +355,7 @@ def bench_step(params, config: ModelConfig, dtype: str, method: str, args, rng) 
 def bench_many(params, config: ModelConfig, dtype: str, method: str, args, rng) -> dict:
     """Demonstration-steps per second of `--runs` runs finetuned at once (`finetune_many`, each run
     one lax.scan, as the runner's batched engine) and of one run alone (`finetune`)."""
-    from jaxicl.finetune import METHODS, FinetuneOptions, finetune, finetune_many
+    from jaxicl.engine.finetune import METHODS, FinetuneOptions, finetune, finetune_many
 
     options = FinetuneOptions(lr=1e-3, objective=METHODS[method], compute_dtype=COMPUTE_DTYPE[dtype])
     sets = [[[config.bos_token_id] + _random_ids(rng, config, args.demo_tokens - 1) for _ in range(args.steps)]

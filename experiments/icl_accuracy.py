@@ -13,11 +13,10 @@ from pathlib import Path
 
 import jaxicl
 from jaxicl.data import TASKS
-from jaxicl.evaluation import eval_record, run_eval
-from jaxicl.icl import EvalOptions
+from jaxicl.data.tasks import PAPER_TASKS
+from jaxicl.engine.scoring import EvalOptions
 from jaxicl.io.results import machine, versions, write_json_atomic
-
-PAPER_TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
+from jaxicl.runner.evaluation import eval_record, run_eval
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The paper's full protocol on one model, then its report (Tables 1–2, accuracies, Fig. 2–4).
 
 Six tasks × each task's three (seed, perm) runs × {GD, LCGD} × the model variants {trained,
-trained-embeddings, no-training}, 32 demonstrations, the paper's learning rates (paper-spec §3).
+trained-embeddings, no-training}, 32 demonstrations, the paper's learning rates (docs/method.md#tasks-and-prompts).
 The run directory is resumable: rerunning the same command skips finished cells, and an interrupt
 loses at most the cell in progress. Cells run variant-major, so the trained model's Table 2
 is complete before the untrained baselines of Table 1 start.
@@ -27,9 +27,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo's jaxicl importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jaxicl.data.tasks import PAPER_TASKS
 from jaxicl.errors import JaxiclError
 
-PAPER_TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
 PAPER_VARIANTS = ("trained", "trained-embeddings", "no-training")
 
 
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_config(args: argparse.Namespace):
-    from jaxicl.experiment import RunConfig
+    from jaxicl.runner import RunConfig
 
     if args.n_eval is None:
         n_eval = default_n_eval()
@@ -105,9 +105,9 @@ def _batch_size(text: str | None) -> int | str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from jaxicl import compile_cache, distributed
-        from jaxicl.experiment import parse_only, run
         from jaxicl.report import write_report
+        from jaxicl.runner import parse_only, run
+        from jaxicl.runtime import compile_cache, distributed
 
         distributed.initialize()  # several hosts (tpu/run.sh): one process each; before any JAX call
         if args.compile_cache:

@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxicl import batch_size, icl
+from jaxicl.engine import batch_size
+from jaxicl.engine import scoring as icl
+from jaxicl.engine.scoring import EvalOptions, evaluate
 from jaxicl.errors import InputError
-from jaxicl.icl import EvalOptions, evaluate
 from tests.test_icl import CONFIGS, ICL_PREFIX, MULTI, QUERIES, _random_params
 
 CONFIG = CONFIGS["llama"]

@@ -1,4 +1,4 @@
-"""Task-specificity controls (jaxicl/controls.py): shuffled labels, cross-task partners, their
+"""Task-specificity controls (jaxicl/analyses/controls.py): shuffled labels, cross-task partners, their
 cells in a tiny run, and the refusals."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from jaxicl import controls  # noqa: E402
+from jaxicl.analyses import controls  # noqa: E402
 from jaxicl.data.prompts import build_prompts_from_rows, relabel  # noqa: E402
 from jaxicl.data.tasks import Task  # noqa: E402
 from jaxicl.errors import DataError, JaxiclError  # noqa: E402
-from jaxicl.experiment import RunConfig, run  # noqa: E402
 from jaxicl.report import load_cells, write_report  # noqa: E402
+from jaxicl.runner import RunConfig, run  # noqa: E402
 from tests.test_experiment import task_spec, tiny_lm, write_task  # noqa: E402,F401  (fixtures)
 
 

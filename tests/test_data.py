@@ -1,4 +1,4 @@
-"""Tasks, loading, and the paper's selection (paper-spec §3): sizes, HF shuffle semantics, the
+"""Tasks, loading, and the paper's selection (docs/method.md#tasks-and-prompts): sizes, HF shuffle semantics, the
 permutation protocol, user tasks from JSON specs, and every refusal of bad input."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxicl.data import tasks as T
 from jaxicl.data import (
     TASKS,
     demo_permutation,
@@ -21,6 +20,7 @@ from jaxicl.data import (
     select_eval,
     task_from_spec,
 )
+from jaxicl.data import tasks as T
 from jaxicl.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""jaxicl.distributed: sharding arithmetic, single-process behaviour, and real 2-process CPU runs.
+"""jaxicl.runtime.distributed: sharding arithmetic, single-process behaviour, and real 2-process CPU runs.
 
 The 2-process tests start two Python processes that join through jax.distributed on localhost
 (gloo CPU collectives), the same code path a TPU pod slice takes with one process per host.
@@ -18,18 +18,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxicl import distributed
-from jaxicl.distributed import (
-    evaluate_across_hosts,
-    gather_to_host0,
-    initialize,
-    is_writer,
-    merge_results,
-    process_shard,
-    shard_bounds,
-    write_once,
-)
-from jaxicl.icl import EvalOptions, evaluate
+from jaxicl.engine.across_hosts import evaluate_across_hosts, merge_results
+from jaxicl.engine.scoring import EvalOptions, evaluate
+from jaxicl.runtime import distributed
+from jaxicl.runtime.distributed import gather_to_host0, initialize, is_writer, process_shard, shard_bounds, write_once
 
 REPO = Path(__file__).resolve().parent.parent
 # One worker runs the whole module, so its two-process launch (module-scoped) runs once.
@@ -228,7 +220,7 @@ def test_merged_blocks_equal_one_evaluation(tiny_eval):
 
 WORKER = textwrap.dedent("""
     import json, sys
-    from jaxicl import distributed as d
+    from jaxicl.runtime import distributed as d
     process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     if process_id == 0:  # one process configured by arguments, the other by environment
         assert d.initialize(f"localhost:{port}", 2, 0)
@@ -237,8 +229,9 @@ WORKER = textwrap.dedent("""
     assert d.initialize() is True  # idempotent once running
     import jax, numpy as np
     from jaxicl.errors import InputError
-    from jaxicl.icl import EvalOptions, evaluate
-    from jaxicl.sharding import make_mesh
+    from jaxicl.engine.across_hosts import evaluate_across_hosts
+    from jaxicl.engine.scoring import EvalOptions, evaluate
+    from jaxicl.runtime.sharding import make_mesh
     from tests.test_icl import CONFIGS, ICL_PREFIX, MULTI, QUERIES, _random_params
 
     # shard, gather, write once, broadcast
@@ -260,10 +253,10 @@ WORKER = textwrap.dedent("""
     params = _random_params(config)
     options = EvalOptions(batch_size=4)
     mesh = make_mesh()  # this process's 2 devices
-    got = d.evaluate_across_hosts(params, config, ICL_PREFIX, QUERIES, MULTI, options, mesh)
+    got = evaluate_across_hosts(params, config, ICL_PREFIX, QUERIES, MULTI, options, mesh)
     want = evaluate(params, config, ICL_PREFIX, QUERIES, MULTI, options)  # all queries, one device
     try:  # a mesh over both hosts' devices is refused before anything runs
-        d.evaluate_across_hosts(params, config, ICL_PREFIX, QUERIES, MULTI, options,
+        evaluate_across_hosts(params, config, ICL_PREFIX, QUERIES, MULTI, options,
                                 make_mesh(devices=jax.devices()))
         refused = ""
     except InputError as e:

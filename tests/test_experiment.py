@@ -12,9 +12,12 @@ import pytest
 pytest.importorskip("torch")
 
 import jaxicl  # noqa: E402
-from jaxicl import experiment  # noqa: E402
+import jaxicl.runner.batched  # noqa: E402
+import jaxicl.runner.execute  # noqa: E402
+from jaxicl import runner as experiment  # noqa: E402
+from jaxicl.engine import metrics  # noqa: E402
 from jaxicl.errors import JaxiclError  # noqa: E402
-from jaxicl.experiment import RunConfig, parse_only, read_cell, run  # noqa: E402
+from jaxicl.runner import RunConfig, parse_only, read_cell, run  # noqa: E402
 from tests.test_hf_parity import _save_tiny  # noqa: E402
 
 
@@ -101,13 +104,13 @@ def test_rerun_skips_finished_cells_and_recomputes_nothing(tiny_lm, task_spec, t
     def fail(*a, **k):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(experiment, "run_group", fail)
+    monkeypatch.setattr(jaxicl.runner.execute, "run_group", fail)
     assert run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True) == {"done": 0, "skipped": 4, "recomputed": 0, "deferred": 0}
     assert {p: p.read_bytes() for p in _cell_files(tmp_path)} == before
 
 
 def test_interrupt_loses_at_most_the_cell_in_progress(tiny_lm, task_spec, tmp_path, monkeypatch):
-    real = experiment.metrics.all_metrics
+    real = metrics.all_metrics
     calls = {"n": 0}
 
     def interrupted(*a, **k):
@@ -116,14 +119,14 @@ def test_interrupt_loses_at_most_the_cell_in_progress(tiny_lm, task_spec, tmp_pa
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(experiment.metrics, "all_metrics", interrupted)
+    monkeypatch.setattr(metrics, "all_metrics", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True)
     assert len(_cell_files(tmp_path)) == 2
     assert not list(tmp_path.rglob("*.tmp")), "a partial file was left behind"
     for path in _cell_files(tmp_path):
         assert read_cell(path)[1] is None
-    monkeypatch.setattr(experiment.metrics, "all_metrics", real)
+    monkeypatch.setattr(metrics, "all_metrics", real)
     assert run(_config(task_spec), tmp_path, lm=tiny_lm, quiet=True)["done"] == 2
     assert len(_cell_files(tmp_path)) == 4
 
@@ -147,14 +150,14 @@ def test_a_run_directory_from_before_a_config_field_existed_is_still_valid(tiny_
 
 
 def test_token_wise_cells_carry_ia2s_measure_from_the_same_evaluations(tiny_lm, task_spec, tmp_path):
-    from jaxicl import metrics
+    from jaxicl.engine import metrics
 
     run(_config(task_spec, methods=("gd",), n_runs=1, token_wise=True), tmp_path, lm=tiny_lm, quiet=True)
     cell = json.loads(_cell_files(tmp_path)[0].read_text())
     assert len(cell["per_layer"]["tokenwise_simaou"]) == tiny_lm.config.n_layers
     assert len(cell["per_example"]["tokenwise_simaou"]) == cell["n_eval"]
     names = ("zs", "icl", "gd-ft")
-    evals = {name: experiment._load_result(next((tmp_path / "evals").rglob(f"{name}.npz"))) for name in names}
+    evals = {name: experiment.load_eval(next((tmp_path / "evals").rglob(f"{name}.npz"))) for name in names}
     tokens = [evals[name].records["attn_out@all"] for name in names]
     want = metrics.tokenwise_simaou(*tokens, evals["zs"].map_lengths)
     _assert_close(cell["per_layer"]["tokenwise_simaou"], want)
@@ -236,9 +239,10 @@ def test_timing_counts_the_compilations(tiny_lm, task_spec, tmp_path):
 
 
 def test_cli_run_interrupted_prints_one_line_resumes_and_profiles(tiny_lm, task_spec, tmp_path, capsys, monkeypatch):
-    from jaxicl import cli, compile_cache
+    from jaxicl import cli
+    from jaxicl.runtime import compile_cache
 
-    real = experiment.metrics.all_metrics
+    real = metrics.all_metrics
     calls = {"n": 0}
 
     def interrupted(*a, **k):
@@ -247,7 +251,7 @@ def test_cli_run_interrupted_prints_one_line_resumes_and_profiles(tiny_lm, task_
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(experiment.metrics, "all_metrics", interrupted)
+    monkeypatch.setattr(metrics, "all_metrics", interrupted)
     cache = tmp_path / "xla"
     argv = ["run", "--model", tiny_lm.source, "--tasks", task_spec, "--k", "4", "--n-eval", "6", "--batch-size", "4",
             "--out", str(tmp_path / "run"), "--compile-cache", str(cache)]  # fmt: skip
@@ -260,7 +264,7 @@ def test_cli_run_interrupted_prints_one_line_resumes_and_profiles(tiny_lm, task_
         assert "interrupted after 2 cells this run; lost the 2 cells in progress (tiny/trained/gd seed 2 perm 1; " in err
         assert err.startswith("jaxicl: interrupted") and err.endswith("resume with: jaxicl " + " ".join(argv))
         assert any(p.is_file() for p in cache.rglob("*")), "the persistent compilation cache was not written"
-        monkeypatch.setattr(experiment.metrics, "all_metrics", real)
+        monkeypatch.setattr(metrics, "all_metrics", real)
         assert cli.main([*argv, "--profile", str(tmp_path / "trace")]) == 0
         assert "2 cells run, 2 already done" in capsys.readouterr().out
         assert list((tmp_path / "trace").rglob("*.xplane.pb")), "no profiler trace of the group"
@@ -279,7 +283,7 @@ def test_batched_runs_write_the_cells_of_the_one_by_one_run(tiny_lm, task_spec, 
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(experiment.RunInterrupted):
-        patch.setattr(jaxicl.icl, "evaluate_many", interrupted)
+        patch.setattr(jaxicl.runner.batched, "evaluate_many", interrupted)
         run(config, tmp_path / "batched", lm=tiny_lm, quiet=True, batch_runs="on")
     assert not _cell_files(tmp_path / "batched")
     assert run(config, tmp_path / "batched", lm=tiny_lm, quiet=True, batch_runs="on")["done"] == 8

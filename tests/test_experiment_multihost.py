@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 
 import jaxicl  # noqa: E402
-from jaxicl.experiment import run  # noqa: E402
+from jaxicl.runner import run  # noqa: E402
 from tests.test_distributed import REPO, free_port, run_processes  # noqa: E402
 from tests.test_experiment import _assert_close, _config, task_spec  # noqa: E402, F401 (task_spec: a fixture)
 from tests.test_hf_parity import _save_tiny  # noqa: E402
@@ -24,11 +24,11 @@ from tests.test_hf_parity import _save_tiny  # noqa: E402
 WORKER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from jaxicl import distributed as d
+    from jaxicl.runtime import distributed as d
     process_id, port, model, config_json, run_dir = int(sys.argv[1]), *sys.argv[2:5], Path(sys.argv[5])
     assert d.initialize(f"localhost:{port}", 2, process_id)
     import jaxicl
-    from jaxicl.experiment import RunConfig, run
+    from jaxicl.runner import RunConfig, run
     config = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config_json).items()})
     lm = jaxicl.load(model)
     counts = [run(config, run_dir, lm=lm, quiet=True)]

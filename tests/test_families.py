@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -278,8 +277,8 @@ def test_supported_models_lists_registry_and_families():
 def test_new_knobs_leave_existing_run_keys_unchanged():
     """Finetuning run keys hash the config: knobs at their defaults are left out, so the cached runs
     of the families that do not use them resume (the key below was computed before the knobs existed)."""
-    from jaxicl import finetune as F
-    from jaxicl import transforms as T
+    from jaxicl.engine import finetune as F
+    from jaxicl.engine import transforms as T
     from jaxicl.models.config import LATER_KNOBS, ModelConfig
 
     config = ModelConfig(family="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,

@@ -1,4 +1,4 @@
-"""Finetuning (paper-spec §4, §5): the step against a hand-computed update, the mask, the loss
+"""Finetuning (docs/method.md#finetuning): the step against a hand-computed update, the mask, the loss
 tokens, training progress, batched seeds vs one by one, divergence, resumable checkpoints, and
 the zero-shot evaluation of the finetuned model ("ftzs")."""
 
@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxicl import finetune as F
-from jaxicl import transforms as T
 from jaxicl.data import get_task
+from jaxicl.engine import finetune as F
+from jaxicl.engine import transforms as T
+from jaxicl.engine.scoring import EvalOptions, evaluate
 from jaxicl.errors import DivergenceError, TrainingError
-from jaxicl.icl import EvalOptions, evaluate
 from jaxicl.io import checkpoint
 from jaxicl.models.transformer import forward
 from tests.test_transforms import GPT2, LLAMA, random_params, tiny_prompts
@@ -208,7 +208,7 @@ def test_batched_runs_out_of_memory_retry_fewer_at_once_then_name_the_shapes(tmp
         return real(trainable, *args, **kwargs)
 
     dirs = [tmp_path / f"run{i}" for i in range(3)]
-    monkeypatch.setattr(F, "train_run_many", lambda *a, **k: limited(*a, limit=1, **k))
+    monkeypatch.setattr(F.many, "train_run_many", lambda *a, **k: limited(*a, limit=1, **k))
     with pytest.warns(UserWarning, match="finetuning 3 runs at once; retrying 1 at a time"):
         computed = F.finetune_many_cached(dirs, params, config, sets, options, bases=["b"] * 3, scan=True)
     assert computed == [True] * 3 and seen[0] == 3 and set(seen[1:]) == {1}
@@ -216,7 +216,7 @@ def test_batched_runs_out_of_memory_retry_fewer_at_once_then_name_the_shapes(tmp
         restored, resumed = F.finetune_cached(d, params, config, seqs, options, base="b")
         assert resumed
         np.testing.assert_allclose(restored.losses, F.finetune(params, config, seqs, options).losses, rtol=1e-5)
-    monkeypatch.setattr(F, "train_run_many", lambda *a, **k: limited(*a, limit=0, **k))
+    monkeypatch.setattr(F.many, "train_run_many", lambda *a, **k: limited(*a, limit=0, **k))
     with pytest.warns(UserWarning), pytest.raises(TrainingError, match=r"one run at a time \(3 runs of up to 2 demonstrations, the longest 41 tokens\)"):
         F.finetune_many_cached([tmp_path / f"x{i}" for i in range(3)], params, config, sets, options,
                                bases=["b"] * 3, scan=True)  # fmt: skip
@@ -224,7 +224,7 @@ def test_batched_runs_out_of_memory_retry_fewer_at_once_then_name_the_shapes(tmp
 
 
 class _CountingNumpy:
-    """numpy for jaxicl.finetune, recording each np.asarray / np.array of a jax.Array (a host read)."""
+    """numpy for jaxicl.engine.finetune, recording each np.asarray / np.array of a jax.Array (a host read)."""
 
     def __init__(self, reads: list):
         self.reads = reads
@@ -244,7 +244,7 @@ class _CountingNumpy:
 
 def test_a_run_copies_its_stats_to_the_host_once(monkeypatch):
     """No host sync per step: the host reads of device arrays during finetune / finetune_many are
-    counted (numpy conversions in jaxicl.finetune, and jax.Array._value, which jax.device_get,
+    counted (numpy conversions in jaxicl.engine.finetune, and jax.Array._value, which jax.device_get,
     float() and bool() go through). A run reads its 4 stacked stats once, whatever its length."""
     from jax._src import array as jax_array  # private: where jax.device_get and float() read
 
@@ -253,7 +253,8 @@ def test_a_run_copies_its_stats_to_the_host_once(monkeypatch):
     reads = []
     value = jax_array.ArrayImpl._value
     monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(lambda self: (reads.append("_value"), value.fget(self))[1]))
-    monkeypatch.setattr(F, "np", _CountingNumpy(reads))
+    for module in (F.single, F.many, F.result, F.demos):
+        monkeypatch.setattr(module, "np", _CountingNumpy(reads))
     counts = {}
     for n in (2, 4):
         reads.clear()
@@ -325,7 +326,7 @@ def test_finetune_cached_resumes_without_retraining(tmp_path, monkeypatch):
     assert meta["meta"]["steps"] == 3
 
     calls = []
-    monkeypatch.setattr(F, "finetune", lambda *a, **k: calls.append(1) or first)
+    monkeypatch.setattr(F.cache, "finetune", lambda *a, **k: calls.append(1) or first)
     again, resumed = F.finetune_cached(tmp_path, params, config, SEQS[:3], options)
     assert resumed and not calls
     for path, x in T.flatten(first.params).items():

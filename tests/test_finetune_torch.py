@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jaxicl import finetune as F  # noqa: E402
-from jaxicl import transforms as T  # noqa: E402
+from jaxicl.engine import finetune as F  # noqa: E402
+from jaxicl.engine import transforms as T  # noqa: E402
 from jaxicl.io.hf import load_hf_dir  # noqa: E402
 
 VOCAB = 64

@@ -19,13 +19,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tests import tiny_gguf as tg  # noqa: E402
-
 from jaxicl.errors import CheckpointError, ModelNotFoundError  # noqa: E402
 from jaxicl.io import gguf as gguf_io  # noqa: E402
 from jaxicl.io.gguf import load_gguf  # noqa: E402
 from jaxicl.io.hf import load_hf_dir  # noqa: E402
 from jaxicl.models.transformer import forward  # noqa: E402
+from tests import tiny_gguf as tg  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 LOGIT_TOL = 1e-4

@@ -142,7 +142,7 @@ def test_compile_cache_enable_after_a_compilation(tmp_path):
     """enable() also takes effect when the process has compiled before (the cache re-binds)."""
     code = f"""
 import jax, jax.numpy as jnp
-from jaxicl import compile_cache
+from jaxicl.runtime import compile_cache
 jax.jit(lambda x: x + 1)(jnp.ones(3)).block_until_ready()
 compile_cache.enable({str(tmp_path / "c")!r})
 jax.jit(lambda x: x * 2 + 3)(jnp.ones(5)).block_until_ready()

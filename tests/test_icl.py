@@ -1,4 +1,4 @@
-"""The prefix-cached ICL evaluator (`jaxicl.icl.evaluate`) against a plain full recompute.
+"""The prefix-cached ICL evaluator (`jaxicl.engine.scoring.evaluate`) against a plain full recompute.
 
 Tiny random models built from configs: a Gemma-3-like one (QK-norm, post-norms, (1 + w) norms,
 soft-capped logits, local layers whose sliding window (5) is much shorter than the prompts, so the
@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxicl.engine.scoring import RECORD_TAPS, EvalOptions, evaluate, evaluate_many, length_batches, split_shared
+from jaxicl.engine.transforms import flatten, unflatten
 from jaxicl.errors import InputError
-from jaxicl.icl import RECORD_TAPS, EvalOptions, evaluate, evaluate_many, length_batches, split_shared
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.init import init_params
 from jaxicl.models.transformer import forward
-from jaxicl.transforms import flatten, unflatten
 
 VOCAB = 97
 BOS = 2

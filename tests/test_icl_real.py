@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jaxicl.data import get_task  # noqa: E402
-from jaxicl.evaluation import run_eval  # noqa: E402
-from jaxicl.icl import EvalOptions  # noqa: E402
+from jaxicl.engine.scoring import EvalOptions  # noqa: E402
+from jaxicl.runner.evaluation import run_eval  # noqa: E402
 from tests.conftest import REAL_MODEL_GROUP  # noqa: E402
 
 pytestmark = [pytest.mark.slow, REAL_MODEL_GROUP]

@@ -1,4 +1,4 @@
-"""Metrics (paper-spec §8): hand-computed cases, the paper's analytic SimAOU_norm example,
+"""Metrics (docs/method.md#metrics): hand-computed cases, the paper's analytic SimAOU_norm example,
 invariances, padding, aggregation order, seeded baselines, Rec2FTP and the refusals."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from jaxicl import metrics as M
+from jaxicl.engine import metrics as M
+from jaxicl.engine.scoring import EvalResult
 from jaxicl.errors import InputError
-from jaxicl.icl import EvalResult
 
 SQ2 = math.sqrt(2.0)
 
@@ -67,7 +67,7 @@ def test_simaou_norm_hand_case():
 
 
 def test_paper_analytic_example_simaou_norm_quarter_vs_zero():
-    # paper-spec §8.2: r, r' ⟂ z, r ⟂ r', ‖r‖² = ‖r'‖² = 3‖z‖²; h_zs = z, h_icl = z + r, h_ft = z + r'
+    # docs/method.md#simaou: r, r' ⟂ z, r ⟂ r', ‖r‖² = ‖r'‖² = 3‖z‖²; h_zs = z, h_icl = z + r, h_ft = z + r'
     z = np.array([2.0, 0.0, 0.0, 0.0])
     r = np.array([0.0, 2 * math.sqrt(3), 0.0, 0.0])
     r2 = np.array([0.0, 0.0, math.sqrt(6), math.sqrt(6)])
@@ -526,7 +526,7 @@ def test_all_metrics_refusals_name_settings():
 
 def test_parity_with_torch_reference_of_the_authors_pipeline():
     """The authors' metrics.py recipe, written in torch: F.normalize, F.cosine_similarity, maps
-    left-padded with 0 to the longest, mean over heads then examples (paper-spec §8.2–8.6)."""
+    left-padded with 0 to the longest, mean over heads then examples (docs/method.md#metrics)."""
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
     rng = np.random.default_rng(12)

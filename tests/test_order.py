@@ -1,4 +1,4 @@
-"""Order sensitivity (jaxicl/order.py): the measure by hand, the orders, and a tiny run's order cell."""
+"""Order sensitivity (jaxicl/analyses/order.py): the measure by hand, the orders, and a tiny run's order cell."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from jaxicl import order  # noqa: E402
+from jaxicl.analyses import order  # noqa: E402
 from jaxicl.errors import JaxiclError  # noqa: E402
-from jaxicl.experiment import RunConfig, run  # noqa: E402
 from jaxicl.report import write_report  # noqa: E402
+from jaxicl.runner import RunConfig, run  # noqa: E402
 from tests.test_experiment import task_spec, tiny_lm  # noqa: E402,F401  (fixtures)
 
 

@@ -1,4 +1,4 @@
-"""Prompt token ids (paper-spec §3.1, §4): layout of demonstrations, prefix, queries, candidates and
+"""Prompt token ids (docs/method.md#prompt-layout): layout of demonstrations, prefix, queries, candidates and
 FT sequences; greedy fitting into the context window; the format record; refusals."""
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import jaxicl  # noqa: E402
-from jaxicl import finetune as F  # noqa: E402
-from tests.test_finetune_torch import torch_backward  # noqa: E402
+from jaxicl.engine import finetune as F  # noqa: E402
 from tests.conftest import REAL_MODEL_GROUP, REAL_MODELS  # noqa: E402
+from tests.test_finetune_torch import torch_backward  # noqa: E402
 
 pytestmark = [pytest.mark.slow, REAL_MODEL_GROUP]
 

@@ -1,4 +1,4 @@
-"""ICL vs GD across training checkpoints (jaxicl/revisions.py) on tiny random "revisions" saved as
+"""ICL vs GD across training checkpoints (jaxicl/runner/checkpoints.py) on tiny random "revisions" saved as
 local directories: one run directory per revision, the revision in every cell and in the run key,
 the report's curves, and the refusals."""
 
@@ -13,10 +13,10 @@ pytest.importorskip("torch")
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from jaxicl import revisions  # noqa: E402
-from jaxicl.errors import JaxiclError, ModelNotFoundError  # noqa: E402
-from jaxicl.experiment import RunConfig, run  # noqa: E402
-from jaxicl.report import write_report  # noqa: E402
+from jaxicl.errors import InputError, JaxiclError, ModelNotFoundError  # noqa: E402
+from jaxicl.runner import RunConfig, run  # noqa: E402
+from jaxicl.runner import checkpoints as revisions  # noqa: E402
+from jaxicl.runner.checkpoints import run_checkpoints  # noqa: E402
 from tests.test_experiment import task_spec  # noqa: E402,F401  (fixture)
 from tests.test_hf_parity import _save_tiny  # noqa: E402
 
@@ -54,7 +54,7 @@ def revision_dir(tmp_path_factory):
 def test_the_grid_runs_on_each_revision_apart_and_the_report_follows_training(revision_dir, task_spec, tmp_path):
     config = RunConfig(model=str(revision_dir), tasks=(task_spec,), k=4, n_eval=6, batch_size=4, methods=("gd", "lcgd"),
                        n_runs=1, checkpoints=("step0", "step1000"))  # fmt: skip
-    assert run(config, tmp_path, quiet=True)["done"] == 4
+    assert run_checkpoints(config, tmp_path, quiet=True)["done"] == 4
     index = json.loads((tmp_path / "revisions.json").read_text())
     assert list(index["revisions"]) == ["step0", "step1000"] and index["revisions"]["step1000"]["step"] == 1000
     cells = {rev: json.loads((tmp_path / f"revisions/{rev}/cells/tiny/trained/gd-seed1-perm0.json").read_text())
@@ -64,7 +64,7 @@ def test_the_grid_runs_on_each_revision_apart_and_the_report_follows_training(re
     # the revision is part of each revision's run key: its directory refuses another revision's config
     theirs = json.loads((tmp_path / "revisions/step0/run.json").read_text())
     assert theirs["revision"] == "step0" and theirs["model"].endswith("step0")
-    assert run(config, tmp_path, quiet=True) == {"done": 0, "skipped": 4, "recomputed": 0, "deferred": 0}
+    assert run_checkpoints(config, tmp_path, quiet=True) == {"done": 0, "skipped": 4, "recomputed": 0, "deferred": 0}
 
     from jaxicl import cli
 
@@ -80,7 +80,7 @@ def test_a_missing_revision_is_named_and_nothing_is_written_for_it(revision_dir,
     config = RunConfig(model=str(revision_dir), tasks=(task_spec,), k=4, n_eval=6, batch_size=4, methods=("gd",),
                        n_runs=1, checkpoints=("step0", "step5"))  # fmt: skip
     with pytest.raises(ModelNotFoundError, match="revision 'step5'"):
-        run(config, tmp_path, quiet=True)
+        run_checkpoints(config, tmp_path, quiet=True)
     assert (tmp_path / "revisions/step0/cells").is_dir() and not (tmp_path / "revisions/step5").exists()
     assert "step5" not in json.loads((tmp_path / "revisions.json").read_text())["revisions"]
 
@@ -95,5 +95,15 @@ def test_a_revision_with_another_tokenizer_is_refused(revision_dir, task_spec, t
     config = RunConfig(model=str(root), tasks=(task_spec,), k=4, n_eval=6, batch_size=4, methods=("gd",), n_runs=1,
                        checkpoints=("step0", "retokenized"))  # fmt: skip
     with pytest.raises(JaxiclError, match="'retokenized' .* has another tokenizer"):
-        run(config, tmp_path / "run", quiet=True)
+        run_checkpoints(config, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run/revisions/retokenized").exists()
+
+
+def test_run_refuses_a_checkpoints_config_and_names_the_caller(revision_dir, task_spec, tmp_path):
+    """The runner never imports the checkpoints module: a config over checkpoints goes through
+    run_checkpoints (as `jaxicl run --checkpoints` does), and `run` says so before writing anything."""
+    config = RunConfig(model=str(revision_dir), tasks=(task_spec,), k=4, n_eval=6, batch_size=4, methods=("gd",),
+                       n_runs=1, checkpoints=("step0",))  # fmt: skip
+    with pytest.raises(InputError, match="run_checkpoints"):
+        run(config, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

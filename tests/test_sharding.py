@@ -1,8 +1,8 @@
-"""jaxicl.sharding: the parameter rule, mesh validation, and multi-device runs equal to one device.
+"""jaxicl.runtime.sharding: the parameter rule, mesh validation, and multi-device runs equal to one device.
 
 The device comparisons run in one subprocess with 8 virtual CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=8), since the device count is fixed when JAX
-starts: `icl.evaluate` and `finetune.finetune_many` on tiny random models, with no mesh, a
+starts: `scoring.evaluate` and `finetune.finetune_many` on tiny random models, with no mesh, a
 data-only mesh (8 × 1) and a data × model mesh (4 × 2), and the refusals only a multi-device
 mesh can trigger. Everything else runs here on the one default device.
 """
@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
-from jaxicl import finetune as F
-from jaxicl import transforms as T
+from jaxicl.engine import finetune as F
+from jaxicl.engine.scoring import EvalOptions, evaluate
 from jaxicl.errors import InputError
-from jaxicl.icl import EvalOptions, evaluate
-from jaxicl.sharding import make_mesh, param_spec, shard_batch, shard_params
+from jaxicl.runtime.sharding import make_mesh, param_spec, shard_batch, shard_params
 from tests.test_transforms import LLAMA, random_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,11 +108,11 @@ def test_data_only_mesh_is_accepted():
 WORKER = textwrap.dedent('''
     import json
     import jax, numpy as np
-    from jaxicl import finetune as F, transforms as T
+    from jaxicl.engine import finetune as F, transforms as T
     from jaxicl.errors import InputError
-    from jaxicl.icl import EvalOptions, evaluate
+    from jaxicl.engine.scoring import EvalOptions, evaluate
     from jaxicl.models.init import init_params
-    from jaxicl.sharding import make_mesh, shard_params
+    from jaxicl.runtime.sharding import make_mesh, shard_params
     from tests.test_icl import CONFIGS, ICL_PREFIX, MULTI, QUERIES, SINGLE, ZS_PREFIX
     from tests.test_transforms import LLAMA
 

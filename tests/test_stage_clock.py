@@ -1,4 +1,4 @@
-"""jaxicl/stage_clock.py: a stage's wall time splits into device (waiting), compile and host."""
+"""jaxicl/runtime/stage_clock.py: a stage's wall time splits into device (waiting), compile and host."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxicl.stage_clock import StageClock, waiting
+from jaxicl.runtime.stage_clock import StageClock, waiting
 
 
 def test_waiting_counts_as_device_the_rest_as_host():

@@ -1,21 +1,19 @@
-"""Transforms (paper-spec §4–§6): layer causality, per-layer readout, parameter masks, untrained
-re-initialisation; and the two README examples that compose them, run as written."""
+"""Transforms (docs/method.md#finetuning): layer causality, per-layer readout, parameter masks, untrained
+re-initialisation. The docs' examples that compose them run in tests/test_docs.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxicl import transforms as T
 from jaxicl.data import Task, build_prompts_from_rows
+from jaxicl.engine import transforms as T
+from jaxicl.engine.finetune import GD, LCGD, DemoBatch, Objective, demo_batch, objective_loss
 from jaxicl.errors import TrainingError
-from jaxicl.finetune import GD, LCGD, DemoBatch, Objective, demo_batch, objective_loss
-from jaxicl.lm import LM
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.init import init_params
 from jaxicl.models.transformer import forward, unembed
@@ -316,44 +314,6 @@ def test_reinit_refuses_unknown_variant():
         T.reinit(random_params(LLAMA), LLAMA, "half-trained", 0)
 
 
-# --- README examples -----------------------------------------------------------------------------
-
-README_LCGD_FIRST_HALF = """
-from jaxicl import finetune as F, transforms as T
-
-# LCGD restricted to the first half of the layers: stop_gradient on their inputs, their block
-# readouts as the loss, and only their keys/values stepped.
-half = tuple(range(lm.config.n_layers // 2))
-options = F.FinetuneOptions(lr=5e-4, objective=F.Objective(readout="block", causal=half, readout_layers=half))
-result = F.finetune_prompts(lm.params, lm.config, prompts, options, mask=T.kv_mask(lm.config, layers=half))
-ftzs = F.evaluate_finetuned(result.params, lm.config, prompts)  # zero-shot eval of the finetuned model
-print(result.losses, result.kv_grad_norms.shape, ftzs.accuracy(prompts.gold_labels))
-"""
-
-README_GD_ATTN_READOUT = """
-import jax
-from jaxicl import finetune as F, transforms as T
-
-# GD whose loss reads every layer's attention output through U (the paper's LCGD formula, minus
-# the stop-gradient), written directly with the transforms: a jitted masked-SGD step.
-cfg, mask, lr = lm.config, T.kv_mask(lm.config), 5e-4
-
-def loss(params, batch):
-    states = T.block_states(params, cfg, batch.ids, readout="attn", valid=batch.valid)
-    return T.readout_losses(params, cfg, states, batch.targets, batch.weights).sum()
-
-@jax.jit
-def step(params, batch):
-    stepped, frozen = T.split_params(params, mask.paths)  # differentiate only what is stepped
-    grads = jax.grad(lambda s: loss(T.merge_params(s, frozen), batch))(stepped)
-    return T.masked_sgd(params, grads, mask, lr)
-
-params = lm.params
-for seq in prompts.ft_sequences:  # the demonstrations ICL saw, in ICL order
-    params = step(params, F.demo_batch(seq))
-"""
-
-
 @dataclasses.dataclass(frozen=True)
 class CharTokenizer:
     bos_id: int = 1
@@ -365,21 +325,7 @@ class CharTokenizer:
 
 
 def tiny_prompts():
+    """A toy task's PromptSet on a character tokenizer (for tests of finetuning on prompts)."""
     task = Task(name="toy", template="S: {t} L:", label_words=("no", "yes"), eval_split="test", lr=0.1)
     rows = [{"t": "ab" * (i % 4 + 1) + "c" * (i % 3), "label": i % 2} for i in range(40)]
     return build_prompts_from_rows(task, CharTokenizer(), rows, rows[:12], seed=1, k=6, max_len=96)
-
-
-@pytest.mark.parametrize("snippet", [README_LCGD_FIRST_HALF, README_GD_ATTN_READOUT], ids=["lcgd-half", "gd-attn"])
-def test_readme_examples_run(snippet):
-    params = random_params(LLAMA, scale=0.2)
-    lm = LM(config=LLAMA, params=params, tokenizer=None)
-    env = {"lm": lm, "prompts": tiny_prompts()}
-    exec(textwrap.dedent(snippet), env)
-    new = env["result"].params if "result" in env else env["params"]
-    old_flat, new_flat = T.flatten(params), T.flatten(new)
-    changed = {p for p in old_flat if not np.array_equal(old_flat[p], new_flat[p])}
-    assert changed == {"blocks/k/w", "blocks/v/w"}
-    if "result" in env:  # first half only
-        assert np.array_equal(old_flat["blocks/k/w"][2:], new_flat["blocks/k/w"][2:])
-        assert not np.array_equal(old_flat["blocks/k/w"][:2], new_flat["blocks/k/w"][:2])

@@ -1,4 +1,4 @@
-"""Learning-rate selection (jaxicl/tune.py): the rule, the grid, the selection set, resuming, the
+"""Learning-rate selection (jaxicl/runner/tune.py): the rule, the grid, the selection set, resuming, the
 batched sweep against one by one, and `--lrs` in the runner."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from jaxicl import finetune as F  # noqa: E402
-from jaxicl import tune as T  # noqa: E402
 from jaxicl.data.prompts import build_prompts  # noqa: E402
 from jaxicl.data.tasks import get_task, select_eval  # noqa: E402
+from jaxicl.engine import finetune as F  # noqa: E402
 from jaxicl.errors import DataError, JaxiclError, TrainingError  # noqa: E402
-from jaxicl.experiment import RunConfig, run  # noqa: E402
+from jaxicl.runner import RunConfig, run  # noqa: E402
+from jaxicl.runner import tune as T  # noqa: E402
 from tests.test_experiment import task_spec, tiny_lm  # noqa: E402,F401  (fixtures)
 
 # --- the rule and the grid --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copy a run directory back from worker 0, where process 0 (jaxicl.distributed.write_once) writes.
+# Copy a run directory back from worker 0, where process 0 (jaxicl.runtime.distributed.write_once) writes.
 set -euo pipefail
 
 usage() {

@@ -16,7 +16,7 @@ usage: tpu/run.sh --name NAME --zone ZONE [--env KEY=VALUE]... [--data] [--log F
   --log FILE      local log (default runs/tpu/NAME/run-<UTC time>.log)
   --dry-run       print the commands, run nothing
 
-Every worker gets PYTHONUNBUFFERED=1 (logs stream), JAXICL_DISTRIBUTED=1 (jaxicl.distributed.initialize
+Every worker gets PYTHONUNBUFFERED=1 (logs stream), JAXICL_DISTRIBUTED=1 (jaxicl.runtime.distributed.initialize
 joins the pod's processes) and JAX_COMPILATION_CACHE_DIR=~/.cache/jaxicl/jax-compilation (compiled
 programs persist across runs on the same VM).
 EOF

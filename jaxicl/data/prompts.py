@@ -1,7 +1,7 @@
 """Token ids for the whole protocol of one run: the ICL prefix, the queries, the candidate answers
 and the finetuning sequences, from a `Task`, a tokenizer, a seed and a permutation index.
 
-Tokenization is piece by piece, as the authors do (paper-spec §3.1): the input text, the answer
+Tokenization is piece by piece, as the authors do (docs/method.md#prompt-layout): the input text, the answer
 `" " + label_word` and the separator are encoded separately and concatenated, never as one
 string. BPE merges therefore never cross a piece boundary, so a demonstration's label tokens are
 the very candidate tokens a query is scored on, and every prompt is the concatenation of pieces
@@ -13,7 +13,7 @@ Layouts (`B` = [bos_id] when the tokenizer's family uses a BOS, else nothing):
   zero-shot      = B
   query          = encode(input)           (a prompt is prefix + query [+ candidate])
   candidate c    = encode(" " + label_words[c])  (may be several tokens)
-  FT sequence    = B + encode(input) + encode(" " + word)  (no separator; paper-spec §4)
+  FT sequence    = B + encode(input) + encode(" " + word)  (no separator; docs/method.md#gd)
 """
 
 from __future__ import annotations

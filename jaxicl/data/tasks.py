@@ -2,7 +2,7 @@
 
 A `Task` is everything needed to turn rows of a dataset into prompts: where the rows come from,
 which split supplies demonstrations and which is evaluated, the template, the label words, and
-the per-task (seed, perm) runs and learning rate of the paper (paper-spec §3, §3.2).
+the per-task (seed, perm) runs and learning rate of the paper (docs/method.md#tasks-and-prompts).
 
 Selection reproduces Hugging Face `datasets` exactly, without needing it at run time:
 `Dataset.shuffle(seed=s)` takes `np.random.default_rng(s).permutation(n)` (checked against the
@@ -29,6 +29,7 @@ EVAL_SEED = 1  # the authors' `get_dataset_valid`: data.shuffle(seed=1)
 EVAL_POOL = 2000  # ... then the first 2000 rows if longer
 N_PERM_DRAWS = 5  # the authors draw 5 permutations and index one of them
 DEFAULT_RUNS = ((1, 0), (2, 1), (3, 2))
+PAPER_TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "cb")  # the paper's six tasks, in its order
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -145,8 +146,8 @@ def _check_runs(name: str, runs: Sequence[Sequence[int]]) -> None:
             )
 
 
-# The six tasks of the paper, exactly as paper-spec §3 (templates: the code's temp_index=0) and
-# §3.2 (runs and learning rates; the LRs are Dai et al.'s 1.3B choices, reused for LCGD).
+# The six tasks of the paper, exactly as docs/method.md#tasks-and-prompts (templates: the code's
+# temp_index=0) and #runs-and-learning-rates (the LRs are Dai et al.'s 1.3B choices, reused for LCGD).
 TASKS: Mapping[str, Task] = {
     t.name: t
     for t in (
@@ -442,7 +443,7 @@ def hf_shuffle_indices(n: int, seed: int) -> np.ndarray:
 
 
 def demo_permutation(m: int, seed: int, perm: int) -> np.ndarray:
-    """The order applied to the first `m` shuffled demonstrations (paper-spec §3.2).
+    """The order applied to the first `m` shuffled demonstrations (docs/method.md#runs-and-learning-rates).
 
     perm 0: no permutation. perm p in 1..4: the authors' code (LMOps `fewshot_task.py`, kept in
     their fork) seeds numpy's global RNG with the run seed (`np.random.seed(seed)` in the task
@@ -451,7 +452,7 @@ def demo_permutation(m: int, seed: int, perm: int) -> np.ndarray:
     perm-th of 5 draws" is a 0-based list index, so draw 0 is never used. A private
     `RandomState(seed)` gives the same stream without touching numpy's global state. perm >= 5
     would be an IndexError there and is refused here. The same order is used for ICL and FT
-    (their FT run drew 5 fresh permutations, a mismatch we do not reproduce; design.md).
+    (their FT run drew 5 fresh permutations, a mismatch we do not reproduce; docs/method.md#ambiguities-and-choices).
     """
     if not _is_int(perm) or not 0 <= perm < N_PERM_DRAWS:
         raise DataError(f"perm must be in 0..{N_PERM_DRAWS - 1}, got {perm!r}")

@@ -31,7 +31,7 @@ from typing import Literal
 NormKind = Literal["rms", "layer"]
 PositionKind = Literal["rope", "learned", "sinusoidal"]
 Activation = Literal["gelu_tanh", "gelu", "silu", "relu"]
-# Knobs added after finetuning run keys were first written (jaxicl.finetune.run_key): left out of
+# Knobs added after finetuning run keys were first written (jaxicl.engine.finetune.run_key): left out of
 # `fingerprint_fields` while at their defaults, so runs of configs that do not use them keep their keys.
 LATER_KNOBS = ("rope_local_scaling_factor", "rotary_dim", "parallel_residual", "attn_out_bias")
 FAMILIES = ("gemma3", "llama", "gpt2", "xglm", "qwen2", "qwen3", "mistral", "gpt_neox", "opt")

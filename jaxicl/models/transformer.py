@@ -184,23 +184,9 @@ def forward(
         positions = default_positions(b, t, cache)
     if valid is None:
         valid = jnp.ones((b, t), bool)
-    key_pos, key_valid = positions, valid
-    if cache is not None:
-        key_pos = jnp.concatenate([_broadcast_batch(cache.positions, b), positions], axis=1)
-        key_valid = jnp.concatenate([_broadcast_batch(cache.valid, b), valid], axis=1)
-
-    causal = key_valid[:, None, :] & (key_pos[:, None, :] <= positions[:, :, None])
-    local_mask = causal
-    if config.sliding_window:
-        local_mask = causal & (positions[:, :, None] - key_pos[:, None, :] < config.sliding_window)
-
-    rope = None
-    if config.position_kind == "rope":
-        dim = config.rope_dim
-        global_cs = layers.rope_angles(positions, dim, config.rope_base, config.rope_scaling_factor)
-        local_cs = layers.rope_angles(positions, dim, config.rope_local_base, config.rope_local_scaling_factor)
-        rope = (global_cs, local_cs)
-
+    key_pos, key_valid = _keys(positions, valid, cache)
+    causal, local_mask = _attention_masks(config, positions, key_pos, key_valid)
+    rope = _rope_tables(config, positions)
     x = embed(params, config, ids, positions)
     is_local = jnp.asarray(config.local_layers)
     layer_index = jnp.arange(config.n_layers, dtype=jnp.int32)
@@ -228,21 +214,58 @@ def forward(
 
     x, ((k_new, v_new), recs) = jax.lax.scan(step, x, (params["blocks"], is_local, layer_index, cache_kv))
 
-    if cache is not None:
-        new_cache = KVCache(
-            k=jnp.concatenate([jnp.broadcast_to(cache.k, cache.k.shape[:1] + (b,) + cache.k.shape[2:]), k_new], axis=2),
-            v=jnp.concatenate([jnp.broadcast_to(cache.v, cache.v.shape[:1] + (b,) + cache.v.shape[2:]), v_new], axis=2),
-            positions=key_pos,
-            valid=key_valid,
-        )
-    else:
-        new_cache = KVCache(k=k_new, v=v_new, positions=positions, valid=valid)
+    new_cache = _extended_cache(cache, k_new, v_new, key_pos, key_valid)
+    return ForwardOutput(logits=_logits(params, config, x, logits_at), cache=new_cache, taps=recs)
 
-    logits = None
+
+def _keys(positions: Array, valid: Array, cache: KVCache | None) -> tuple[Array, Array]:
+    """(positions, valid) of every key a chunk attends to: the cache's, then its own [B, S]."""
+    if cache is None:
+        return positions, valid
+    b = positions.shape[0]
+    key_pos = jnp.concatenate([_broadcast_batch(cache.positions, b), positions], axis=1)
+    key_valid = jnp.concatenate([_broadcast_batch(cache.valid, b), valid], axis=1)
+    return key_pos, key_valid
+
+
+def _attention_masks(config: ModelConfig, positions: Array, key_pos: Array, key_valid: Array) -> tuple[Array, Array]:
+    """(causal, local) masks [B, T, S]: local adds the sliding window of local-attention layers."""
+    causal = key_valid[:, None, :] & (key_pos[:, None, :] <= positions[:, :, None])
+    local_mask = causal
+    if config.sliding_window:
+        local_mask = causal & (positions[:, :, None] - key_pos[:, None, :] < config.sliding_window)
+    return causal, local_mask
+
+
+def _rope_tables(config: ModelConfig, positions: Array):
+    """((cos, sin) of global layers, (cos, sin) of local layers), or None without rotary positions."""
+    if config.position_kind != "rope":
+        return None
+    dim = config.rope_dim
+    global_cs = layers.rope_angles(positions, dim, config.rope_base, config.rope_scaling_factor)
+    local_cs = layers.rope_angles(positions, dim, config.rope_local_base, config.rope_local_scaling_factor)
+    return global_cs, local_cs
+
+
+def _extended_cache(cache: KVCache | None, k_new: Array, v_new: Array, key_pos: Array, key_valid: Array) -> KVCache:
+    """The cache after this chunk: the old keys/values (broadcast over the batch) then the new."""
+    if cache is None:
+        return KVCache(k=k_new, v=v_new, positions=key_pos, valid=key_valid)
+    b = k_new.shape[1]
+    return KVCache(
+        k=jnp.concatenate([jnp.broadcast_to(cache.k, cache.k.shape[:1] + (b,) + cache.k.shape[2:]), k_new], axis=2),
+        v=jnp.concatenate([jnp.broadcast_to(cache.v, cache.v.shape[:1] + (b,) + cache.v.shape[2:]), v_new], axis=2),
+        positions=key_pos,
+        valid=key_valid,
+    )
+
+
+def _logits(params: dict, config: ModelConfig, x: Array, logits_at: Array | str | None) -> Array | None:
+    """Logits at every position ("all"), at [B, P] positions, or none."""
     if isinstance(logits_at, str):
         if logits_at != "all":
             raise ValueError(f"logits_at must be 'all', None or an index array, got {logits_at!r}")
-        logits = unembed(params, config, x)
-    elif logits_at is not None:
-        logits = unembed(params, config, jnp.take_along_axis(x, logits_at[..., None], axis=1))
-    return ForwardOutput(logits=logits, cache=new_cache, taps=recs)
+        return unembed(params, config, x)
+    if logits_at is not None:
+        return unembed(params, config, jnp.take_along_axis(x, logits_at[..., None], axis=1))
+    return None

@@ -1,7 +1,7 @@
 """Paper-style report of a run directory: Tables 1 and 2, accuracies, random baselines, Fig. 2–4.
 
 Input: RUN_DIR/run.json (the run's config, opaque here) and RUN_DIR/cells/**/*.json, one results
-file per (task, variant, method, seed, perm) in design.md's schema; for the time per stage, the
+file per (task, variant, method, seed, perm) in the schema of docs/experiments.md#the-grid-jaxicl-run; for the time per stage, the
 runner's RUN_DIR/seconds/**/*.json and RUN_DIR/timing.json when present. Output (default
 RUN_DIR/report): report.md, tidy CSVs with every number the tables show, and PNG plots linked from
 report.md. md and csv output is a pure function of the input files (sorted paths, fixed formats,
@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxicl.metrics import PER_LAYER_KEYS
+from jaxicl.data.tasks import PAPER_TASKS
+from jaxicl.engine.metrics import PER_LAYER_KEYS
 from jaxicl.report.cells import (
     Cell,
     CellError,
@@ -33,8 +34,8 @@ from jaxicl.report.cells import (
     Problem,
     load_cells,
     load_controls,
-    load_order,
     load_lr_selection,
+    load_order,
     load_run_config,
     load_stage_seconds,
     load_timing,
@@ -73,7 +74,6 @@ from jaxicl.report.names import (
     METHOD_LABELS,
     METHODS,
     METRIC_LABELS,
-    PAPER_TASKS,
     RANDOM_KEYS,
     STAGE_KEYS,
     STAGES,
@@ -100,12 +100,12 @@ from jaxicl.report.stats import (
     Difference,
     Stat,
     accuracy_stats,
-    hierarchical_bootstrap,
-    method_difference,
-    method_differences,
     alpha_stats,
+    hierarchical_bootstrap,
     layer_curve,
     mean_std,
+    method_difference,
+    method_differences,
     metric_stat,
     order_tasks,
     order_variants,
@@ -124,11 +124,11 @@ from jaxicl.report.tables import (
     controls_csv_rows,
     controls_section,
     controls_stats,
-    order_csv_rows,
-    order_section,
     differences_csv_rows,
     lr_selection_rows,
     lr_selection_section,
+    order_csv_rows,
+    order_section,
     per_layer_csv_rows,
     random_csv_rows,
     random_section,

@@ -1,7 +1,7 @@
 """Reading and validating the files of a run directory, so that nothing malformed reaches a number.
 
 Input: RUN_DIR/run.json (the run's config, opaque here) and RUN_DIR/cells/**/*.json, one results
-file per (task, variant, method, seed, perm) in design.md's schema; for the time per stage, the
+file per (task, variant, method, seed, perm) in the schema of docs/experiments.md#the-grid-jaxicl-run; for the time per stage, the
 runner's RUN_DIR/seconds/**/*.json and RUN_DIR/timing.json when present; `jaxicl tune`'s
 RUN_DIR/lr_selection.json when present.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,8 +26,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxicl.metrics import PER_EXAMPLE_METRICS, PER_LAYER_KEYS, TOKENWISE_KEY
+from jaxicl.engine.metrics import PER_EXAMPLE_METRICS, PER_LAYER_KEYS, TOKENWISE_KEY
 from jaxicl.report.names import ACCURACY_KEYS, METHODS, STAGE_KEYS, TABLE_METRICS, TIMING_KEYS
+from jaxicl.runner.layout import CELL_FILE, CELLS, CONTROLS, ORDER_DIR, SECONDS, SELECTION_FILE
 
 # ----------------------------------------------------------------------------- results cells
 
@@ -84,7 +84,6 @@ class Cell:
         return None
 
 
-_CELL_NAME = re.compile(r"^(?P<method>[^/]+)-seed(?P<seed>-?\d+)-perm(?P<perm>-?\d+)\.json$")
 
 
 def _is_num(x: Any) -> bool:
@@ -272,11 +271,11 @@ def _checked_per_example(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_path(cell: Cell, root: tuple[str, ...] = ("cells",)) -> None:
+def _check_path(cell: Cell, root: tuple[str, ...] = (CELLS,)) -> None:
     """<root>/<task>/<variant>/<method>-seed<s>-perm<p>.json must agree with the file's content."""
     parts = Path(cell.path).parts
     at_root = len(parts) == len(root) + 3 and parts[: len(root)] == root
-    match = _CELL_NAME.match(parts[-1]) if at_root else None
+    match = CELL_FILE.match(parts[-1]) if at_root else None
     if match is None:
         return
     expected = {"task": parts[-3], "variant": parts[-2], "method": match["method"],
@@ -286,7 +285,7 @@ def _check_path(cell: Cell, root: tuple[str, ...] = ("cells",)) -> None:
         raise CellError("content disagrees with path: " + "; ".join(wrong))
 
 
-def _read_cell(path: Path, rel: str, root: tuple[str, ...] = ("cells",)) -> Cell:
+def _read_cell(path: Path, rel: str, root: tuple[str, ...] = (CELLS,)) -> Cell:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -311,7 +310,7 @@ def _drop_odd_layer_counts(cells: list[Cell], problems: list[Problem]) -> list[C
     return [c for c in cells if c.n_layers == majority]
 
 
-def load_cells(run_dir: str | Path, root: tuple[str, ...] = ("cells",)) -> tuple[list[Cell], list[Problem]]:
+def load_cells(run_dir: str | Path, root: tuple[str, ...] = (CELLS,)) -> tuple[list[Cell], list[Problem]]:
     """Every usable cell under RUN_DIR/cells (any depth), sorted by path, and the files left out.
     root: another tree of cells, e.g. ("controls", "shuffled-gd") (`load_controls`).
 
@@ -365,7 +364,7 @@ def load_controls(run_dir: str | Path) -> tuple[dict[str, list[Cell]], list[Prob
     apart from `load_cells` so no control can enter Table 1 or Table 2."""
     run_dir = Path(run_dir)
     out, problems = {}, []
-    root = run_dir / "controls"
+    root = run_dir / CONTROLS
     for control in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         cells, found = load_cells(run_dir, ("controls", control))
         problems += found
@@ -392,7 +391,7 @@ def load_order(run_dir: str | Path) -> tuple[list[OrderCell], list[Problem]]:
     """The order cells under RUN_DIR/order/<task>/<variant>/, and the files left out."""
     run_dir = Path(run_dir)
     cells, problems = [], []
-    for path in sorted((run_dir / "order").glob("*/*/*.json")):
+    for path in sorted((run_dir / ORDER_DIR).glob("*/*/*.json")):
         rel = path.relative_to(run_dir).as_posix()
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
@@ -440,7 +439,7 @@ Group = tuple[str, str, int, int]  # (task, variant, seed, perm)
 def _read_seconds(path: Path, rel: str) -> tuple[Group, dict[str, float]]:
     """seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json → its group and stopwatch dict."""
     parts = Path(rel).parts
-    match = _CELL_NAME.match(parts[-1]) if len(parts) == 4 and parts[0] == "seconds" else None
+    match = CELL_FILE.match(parts[-1]) if len(parts) == 4 and parts[0] == SECONDS else None
     if match is None:
         raise CellError("path is not seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json")
     try:
@@ -465,7 +464,7 @@ def load_stage_seconds(run_dir: str | Path) -> tuple[dict[Group, dict[str, float
     run_dir = Path(run_dir)
     groups: dict[Group, dict[str, float]] = {}
     problems: list[Problem] = []
-    for path in sorted((run_dir / "seconds").glob("**/*.json"), key=lambda p: p.relative_to(run_dir).as_posix()):
+    for path in sorted((run_dir / SECONDS).glob("**/*.json"), key=lambda p: p.relative_to(run_dir).as_posix()):
         rel = path.relative_to(run_dir).as_posix()
         if not path.is_file():
             continue
@@ -498,7 +497,7 @@ def load_timing(run_dir: str | Path) -> tuple[dict[str, float], list[Problem]]:
 
 def load_lr_selection(run_dir: Path) -> tuple[dict | None, list[Problem]]:
     """RUN_DIR/lr_selection.json (`jaxicl tune`), or None when the run has none."""
-    path = run_dir / "lr_selection.json"
+    path = run_dir / SELECTION_FILE
     if not path.exists():
         return None, []
     try:

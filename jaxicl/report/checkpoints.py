@@ -15,6 +15,7 @@ from jaxicl.report.figures import METHOD_COLORS, _save
 from jaxicl.report.fmt import MISSING, fmt_num, md_table, write_csv
 from jaxicl.report.names import METHOD_LABELS, METHODS, METRIC_LABELS
 from jaxicl.report.stats import mean_std, order_tasks, per_run, select
+from jaxicl.runner.layout import REVISIONS, REVISIONS_FILE
 
 CURVE_METRICS = ("simaou", "simam_delta")  # per method
 CURVE_ACCURACIES = ("icl", "zs")  # per revision
@@ -22,7 +23,7 @@ CURVE_ACCURACIES = ("icl", "zs")  # per revision
 
 def load_revisions(run_dir: Path) -> tuple[list[tuple[str, int | None, list[Cell]]], list[Problem]]:
     """(revision, training step, its cells) in the run's order, and the files left out."""
-    path = run_dir / "revisions.json"
+    path = run_dir / REVISIONS_FILE
     if not path.exists():
         return [], []
     try:
@@ -31,7 +32,7 @@ def load_revisions(run_dir: Path) -> tuple[list[tuple[str, int | None, list[Cell
         return [], [Problem("revisions.json", f"unreadable, left out: {e}")]
     out, problems = [], []
     for rev, entry in index.items():
-        cells, found = load_cells(run_dir / "revisions" / rev)
+        cells, found = load_cells(run_dir / REVISIONS / rev)
         problems += [Problem(f"revisions/{rev}/{p.path}", p.reason) for p in found]
         out.append((rev, entry.get("step"), cells))
     return out, problems

@@ -61,7 +61,7 @@ def plot_per_layer(cells: Sequence[Cell], tasks: Sequence[str], path: Path, titl
 
 
 def plot_vs_paper(cells: Sequence[Cell], tasks: Sequence[str], path: Path) -> Path:
-    """Our Fig. 3 curves against the paper's (§10.2) on relative depth, since layer counts differ."""
+    """Our Fig. 3 curves against the paper's (docs/method.md#published-numbers) on relative depth, since layer counts differ."""
     fig = Figure(figsize=(9, 3.6))
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("simaou_norm", "simam_delta")):

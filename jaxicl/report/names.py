@@ -3,7 +3,8 @@ stages, with the labels report.md shows for them."""
 
 from __future__ import annotations
 
-METHODS = ("gd", "lcgd")
+from jaxicl.runner.plan import METHODS  # noqa: F401  (the report's methods are the runner's)
+
 METHOD_LABELS = {"gd": "GD", "lcgd": "LCGD"}
 TABLE_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")  # required in every cell
 METRIC_LABELS = {
@@ -16,7 +17,6 @@ METRIC_LABELS = {
     "random_simaou_gauss": "Random SimAOU Gaussian",
 }
 RANDOM_KEYS = ("random_simaou", "random_simaou_gauss")
-PAPER_TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
 TASK_LABELS = {"sst2": "SST2", "sst5": "SST5", "mr": "MR", "subj": "Subj", "agnews": "AGNews", "cb": "CB"}
 VARIANTS = ("trained", "trained-embeddings", "no-training", "no-training-keep-norms")
 VARIANT_LABELS = {
@@ -26,12 +26,12 @@ VARIANT_LABELS = {
     "no-training-keep-norms": "No Training (keep norms)",
 }
 ACCURACY_KEYS = ("zs", "icl", "ft")
-TABLE1_METRICS = ("simaou", "simam_delta", "simaou_norm")  # the last one is extra (paper-spec §10.3)
+TABLE1_METRICS = ("simaou", "simam_delta", "simaou_norm")  # the last one is extra (docs/method.md#ambiguities-and-choices)
 
 
 # ----------------------------------------------------------------------------- runner stages
 
-# (report column, CSV stage, the runner's stopwatch keys summed into it; see experiment.run_group)
+# (report column, CSV stage, the runner's stopwatch keys summed into it; see runner.group.run_group)
 STAGES = (
     ("prompts", "prompts", ("prompts",)),
     ("zero-shot", "zero_shot", ("zero_shot",)),

@@ -1,4 +1,4 @@
-"""The paper's published numbers (paper-spec §9, §10) and its own tables, in report.md's layout.
+"""The paper's published numbers (docs/method.md#published-numbers) and its own tables, in report.md's layout.
 
 The Table 2 and Table 1 row builders live here because ours (tables.py) and the paper's share
 them, so both are laid out and emphasized by the same rule."""
@@ -8,19 +8,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jaxicl.data.tasks import PAPER_TASKS
 from jaxicl.report.fmt import best_flags, close_top_two, emphasize, md_table, task_label, variant_label
 from jaxicl.report.names import (
     METHOD_LABELS,
     METHODS,
     METRIC_LABELS,
-    PAPER_TASKS,
     TABLE1_METRICS,
     TABLE_METRICS,
 )
 
 # ----------------------------------------------------------------------------- published numbers
 
-# P4 Table 2 (paper-spec §9.1): trained 1.3B, 3 runs, (mean, std) per task; Avg as published.
+# P4 Table 2 (docs/method.md#published-numbers): trained 1.3B, 3 runs, (mean, std) per task; Avg as published.
 PAPER_TABLE2: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
     ("simaou_norm", "gd"): {"sst2": (0.11, 0.00), "sst5": (0.09, 0.01), "mr": (0.22, 0.01),
                             "subj": (0.18, 0.02), "agnews": (0.31, 0.04), "cb": (0.21, 0.01)},
@@ -45,7 +45,7 @@ PAPER_TABLE2_AVG: dict[tuple[str, str], float] = {
     ("simam", "gd"): 0.435, ("simam", "lcgd"): 0.283,
     ("simam_delta", "gd"): 0.267, ("simam_delta", "lcgd"): 0.336,
 }
-# P4 Table 1 (paper-spec §9.2): vanilla GD, no AGNews; (mean, std) per task.
+# P4 Table 1 (docs/method.md#published-numbers): vanilla GD, no AGNews; (mean, std) per task.
 PAPER_TABLE1: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
     ("simaou", "trained"): {"sst2": (0.05, 0.01), "sst5": (0.04, 0.02), "mr": (0.17, 0.03),
                             "subj": (0.06, 0.01), "cb": (0.11, 0.01)},
@@ -60,23 +60,23 @@ PAPER_TABLE1: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
     ("simam_delta", "no-training"): {"sst2": (0.11, 0.04), "sst5": (0.05, 0.03), "mr": (0.16, 0.03),
                                      "subj": (0.17, 0.03), "cb": (0.26, 0.05)},
 }
-# Cells of the garbled CB column that paper-spec §9.2 had to reconstruct (marked ⚑ there).
+# Cells of the garbled CB column, reconstructed from the paper's text (marked ⚑; docs/method.md#published-numbers).
 PAPER_TABLE1_RECONSTRUCTED = frozenset({
     ("simaou", "no-training", "cb"),
     ("simam_delta", "trained", "cb"),
     ("simam_delta", "trained-embeddings", "cb"),
     ("simam_delta", "no-training", "cb"),
 })
-# Random SimAOU U[0,1), normalized mode, mean over runs, from the authors' result files (§10.1).
+# Random SimAOU U[0,1), normalized mode, mean over runs, from the authors' result files (docs/method.md#published-numbers).
 PAPER_RANDOM_SIMAOU = {"sst2": 0.002, "sst5": 0.002, "mr": 0.001, "subj": 0.002, "agnews": 0.001, "cb": 0.004}
-# Dai et al. GPT 1.3B (paper-spec §9.4); the v4 runs' own accuracies are unknown.
+# Dai et al. GPT 1.3B (docs/method.md#published-numbers); the v4 runs' own accuracies are unknown.
 DAI_ACCURACY: dict[str, dict[str, float]] = {
     "zs": {"sst2": 70.5, "sst5": 39.3, "mr": 65.9, "subj": 72.6, "agnews": 46.3, "cb": 37.5},
     "ft": {"sst2": 73.9, "sst5": 39.5, "mr": 73.0, "subj": 77.8, "agnews": 65.3, "cb": 55.4},
     "icl": {"sst2": 92.7, "sst5": 45.0, "mr": 89.0, "subj": 90.0, "agnews": 79.2, "cb": 57.1},
     "rec2ftp": {"sst2": 91.84, "sst5": 66.67, "mr": 97.08, "subj": 87.17, "agnews": 83.08, "cb": 87.50},
 }
-# Fig. 3 means per layer (24 layers, over tasks and seeds), from the authors' notebook (§10.2).
+# Fig. 3 means per layer (24 layers, over tasks and seeds), from the authors' notebook (docs/method.md#published-numbers).
 PAPER_FIG3: dict[tuple[str, str], tuple[float, ...]] = {
     ("simaou_norm", "lcgd"): (0.503, -0.077, 0.239, 0.103, 0.318, 0.250, 0.341, 0.220, 0.288, 0.286, 0.313,
                               0.285, 0.346, 0.307, 0.311, 0.323, 0.270, 0.362, 0.360, 0.457, 0.235, 0.254,

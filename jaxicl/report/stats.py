@@ -1,6 +1,6 @@
 """Statistics: every number the report's tables and plots show, computed from validated cells.
 
-Conventions (paper-spec §8.11, §9):
+Conventions (docs/method.md#aggregation):
 - A "run" is one (seed, perm); statistics are over runs: mean and sample std (ddof=1); with one
   run the std is undefined and printed "—", never 0.
 - "Average" = mean over tasks of the per-task means (the paper's Avg column); it is marked "*"
@@ -17,16 +17,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from jaxicl.data.tasks import PAPER_TASKS
 from jaxicl.report.cells import Cell, Group
 from jaxicl.report.names import (
     METHODS,
-    PAPER_TASKS,
     RANDOM_KEYS,
     STAGES,
     TABLE1_METRICS,
     TABLE_METRICS,
     VARIANTS,
 )
+
 
 @dataclass(frozen=True)
 class Stat:
@@ -40,7 +41,7 @@ class Stat:
 
 
 def mean_std(values: Iterable[float]) -> Stat | None:
-    """The paper's cross-run aggregation (paper-spec §8.11); None when there is nothing to average."""
+    """The paper's cross-run aggregation (docs/method.md#aggregation); None when there is nothing to average."""
     arr = np.asarray(list(values), np.float64)
     if arr.size == 0:
         return None

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxicl.metrics import PER_LAYER_KEYS, TOKENWISE_KEY
+from jaxicl.engine.metrics import PER_LAYER_KEYS, TOKENWISE_KEY
 from jaxicl.report.cells import Cell, OrderCell
 from jaxicl.report.figures import plot_lr_selection
 from jaxicl.report.fmt import (
@@ -120,8 +120,8 @@ def table1_section(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[list[st
     lines += render_table1(stats, tasks)
     lines += ["", "Rows only for the variants in this run. Bold: highest variant; underlined: top two within "
               "0.01 (paper's rule). SimAOU_norm is extra: the paper's untrained rows may be normalized "
-              "(paper-spec §10.3).", "", "Paper (P4 Table 1; ⚑ = CB cell reconstructed from garbled text, "
-              "paper-spec §9.2):", ""]
+              "(docs/method.md#ambiguities-and-choices).", "", "Paper (P4 Table 1; ⚑ = CB cell reconstructed from garbled text, "
+              "docs/method.md#published-numbers):", ""]
     return lines + render_paper_table1(), stats
 
 
@@ -209,7 +209,7 @@ def accuracy_section(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequ
              "runs where FT fixed at least one example.", ""]
     for variant in variants:
         lines += [f"### {variant_label(variant)}", ""] + render_accuracy(cells, variant, tasks) + [""]
-    return lines + ["Reference (the paper's v4 accuracies are unknown; paper-spec §9.4):", ""] + render_dai_accuracy()
+    return lines + ["Reference (the paper's v4 accuracies are unknown; docs/method.md#published-numbers):", ""] + render_dai_accuracy()
 
 
 def _k_icl_text(cells: Sequence[Cell]) -> str:

@@ -1,4 +1,4 @@
-"""Learning-rate selection by the paper's own protocol (paper-spec §3.2), for any model.
+"""Learning-rate selection by the paper's own protocol (docs/method.md#runs-and-learning-rates), for any model.
 
 Dai et al. chose each task's rate for one 1.3B model by grid search over {1..9} × {1e-1..1e-4},
 selecting by the finetuned model's zero-shot accuracy. `tune` runs that search for the model at
@@ -29,16 +29,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+import jax
 import numpy as np
 
-from jaxicl.errors import DataError, JaxiclError, TrainingError
+from jaxicl.api import load
+from jaxicl.data.prompts import encode_queries
+from jaxicl.data.tasks import PAPER_TASKS, get_task, hf_shuffle_indices, load_split, select_eval
+from jaxicl.engine import finetune as F
+from jaxicl.engine.scoring import EvalOptions, evaluate, evaluate_many
+from jaxicl.errors import DataError, DivergenceError, JaxiclError, TrainingError
+from jaxicl.io.registry import DEFAULT_MODEL
 from jaxicl.io.results import write_config, write_json_atomic
+from jaxicl.runner.layout import SELECTION_FILE
+from jaxicl.runner.plan import METHODS, RunConfig, batch_runs_enabled, finetune_options, run_prompts
 
 DAI_GRID = tuple(float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in range(1, 10))
 SELECTION_SEED = 20231113  # the train-split shuffle of the selection set (the paper's arXiv date)
-SELECTION_FILE = "lr_selection.json"
-
-
 SEARCHES = ("full", "coarse-to-fine", "coarse-to-unimodal")
 
 
@@ -46,8 +52,8 @@ SEARCHES = ("full", "coarse-to-fine", "coarse-to-unimodal")
 class TuneConfig:
     """Everything that determines a tune's numbers; a tune directory refuses a different one."""
 
-    model: str = "gemma3-270m"
-    tasks: tuple[str, ...] = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
+    model: str = DEFAULT_MODEL
+    tasks: tuple[str, ...] = PAPER_TASKS
     n_runs: int | None = None  # the first n of each task's paper runs (None: all three)
     method: str = "gd"
     grid: tuple[float, ...] = DAI_GRID
@@ -68,7 +74,7 @@ class TuneConfig:
             raise JaxiclError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
         if self.select_on not in ("selection", "eval"):
             raise JaxiclError(f"select_on must be 'selection' or 'eval', got {self.select_on!r}")
-        if self.method not in ("gd", "lcgd"):
+        if self.method not in METHODS:
             raise JaxiclError(f"method must be 'gd' or 'lcgd', got {self.method!r}")
         if self.selection_size < 1:
             raise JaxiclError(f"selection_size must be >= 1, got {self.selection_size}")
@@ -168,8 +174,6 @@ class SelectionSet:
 def selection_indices(n_rows: int, excluded: set[int], size: int, seed: int = SELECTION_SEED) -> list[int]:
     """`size` train-split indices in a seeded shuffle, skipping `excluded` (the demonstrations, and
     the eval set where it shares the split); an error giving the counts when too few are left."""
-    from jaxicl.data.tasks import hf_shuffle_indices
-
     left = [int(i) for i in hf_shuffle_indices(n_rows, seed) if int(i) not in excluded]
     if len(left) < size:
         raise DataError(
@@ -184,9 +188,6 @@ def build_selection(task, tokenizer, prompt_sets: Sequence, config: TuneConfig) 
     """The task's selection set: disjoint, on dataset indices, from every demonstration set of the
     grid (`prompt_sets`: every run's PromptSet, whose `selected_indices` are all k drawn) and from
     the eval set. CB (250 train rows) gets as many as its split allows when the default is too big."""
-    from jaxicl.data.prompts import encode_queries
-    from jaxicl.data.tasks import load_split, select_eval
-
     first = prompt_sets[0]
     if config.select_on == "eval":
         return SelectionSet(task.eval_split, first.eval_indices, tuple(map(tuple, first.query_ids)),
@@ -223,8 +224,6 @@ def evaluate_rates(lm, config: TuneConfig, run_dir: Path, task, prompt_sets, sel
     """Each rate's result (from its file, or computed and saved): per-run selection accuracy, the
     final demonstration loss, and their means. together: all (rate, run) pairs finetune in one
     `finetune_many` and score in one `evaluate_many` (the batched engine); else one by one."""
-    from jaxicl.experiment import finetune_options
-
     out, todo = {}, []
     for rate in rates:
         path = _rate_path(run_dir, task.name, config.method, rate)
@@ -248,10 +247,6 @@ def evaluate_rates(lm, config: TuneConfig, run_dir: Path, task, prompt_sets, sel
 
 
 def _evaluate_batch(lm, config, run_dir, task, prompt_sets, selection, rates, base, together) -> dict[float, dict]:
-    from jaxicl import finetune as F
-    from jaxicl.errors import DivergenceError
-    from jaxicl.icl import EvalOptions, evaluate, evaluate_many
-
     options = EvalOptions(batch_size=config.batch_size, records=())
     prefix, cands = prompt_sets[0].zs_prefix_ids, prompt_sets[0].candidate_ids
     pairs = [(rate, p) for rate in rates for p in prompt_sets]
@@ -309,15 +304,11 @@ def _add_seconds(run_dir: Path, task: str, rates: Sequence[float], seconds: floa
 
 
 def _accelerator() -> bool:
-    import jax
-
     return jax.default_backend() != "cpu"
 
 
 def _run_config(config: TuneConfig, task):
     """The runner's settings for this task's prompts and finetuning options (its rate is replaced)."""
-    from jaxicl.experiment import RunConfig
-
     return RunConfig(model=config.model, tasks=config.tasks, k=config.k, max_len=config.max_len,
                      separator=config.separator, loss_tokens=config.loss_tokens, data_dir=config.data_dir,
                      lrs=((task.name, config.grid[0]),), lrs_source="the tune's grid")  # fmt: skip
@@ -326,9 +317,6 @@ def _run_config(config: TuneConfig, task):
 def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> dict:
     """The selection of one task: rates evaluated (all, or coarse then fine), zero-shot accuracy on
     the selection set, the chosen rate and why."""
-    from jaxicl.experiment import run_prompts
-    from jaxicl.icl import EvalOptions, evaluate
-
     run_config = _run_config(config, task)
     runs = task.runs[: config.n_runs]
     prompt_sets = [run_prompts(lm, run_config, task, seed, perm) for seed, perm in runs]
@@ -343,22 +331,22 @@ def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> di
                       EvalOptions(batch_size=config.batch_size, records=()))  # fmt: skip
         zero_shot = zs.accuracy(selection.gold)
         write_json_atomic(zs_path, {"indices": list(selection.indices), "accuracy": zero_shot})
-    def evaluate(rates: Sequence[float]) -> dict[float, dict]:
+    def evaluate_some(rates: Sequence[float]) -> dict[float, dict]:
         return evaluate_rates(lm, config, run_dir, task, prompt_sets, selection, rates, together)
 
     if config.search == "full":
-        results = evaluate(list(config.grid))
+        results = evaluate_some(list(config.grid))
     else:
         coarse = coarse_rates(config.grid)
-        results = evaluate(coarse)
+        results = evaluate_some(coarse)
         best = choose({r: results[r]["mean_accuracy"] for r in coarse}, zero_shot)["lr"]
         fine = fine_rates(config.grid, best)
         if config.search == "coarse-to-fine":
-            results |= evaluate([r for r in fine if r not in results])
+            results |= evaluate_some([r for r in fine if r not in results])
         else:
 
             def score(indices: Sequence[int]) -> list[float | None]:
-                results.update(evaluate([fine[i] for i in indices if fine[i] not in results]))
+                results.update(evaluate_some([fine[i] for i in indices if fine[i] not in results]))
                 return [results[fine[i]]["mean_accuracy"] for i in indices]
 
             unimodal_search(len(fine), score)
@@ -388,16 +376,12 @@ def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs:
          force: bool = False) -> dict:
     """Select a learning rate per task; writes RUN_DIR/lr_selection.json after each task ("complete":
     false until the last) and returns its content."""
-    import jaxicl
-    from jaxicl.data.tasks import get_task
-    from jaxicl.experiment import batch_runs_enabled
-
     run_dir = Path(run_dir)
     tasks = [get_task(name) for name in config.tasks]
     together = batch_runs_enabled(batch_runs)
     open_tune_dir(run_dir, config, force)
     start = time.perf_counter()
-    lm = lm or jaxicl.load(config.model)
+    lm = lm or load(config.model)
     selection = {"config": config.to_json(), "engine": "batched" if together else "one by one", "tasks": {}}
     for task in tasks:  # the file is rewritten after each task, so a long tune's first choices are usable
         selection["tasks"][task.name] = tune_task(lm, config, run_dir, task, together)

@@ -1,4 +1,4 @@
-"""Small composable transforms of the one forward pass, for GD-vs-ICL research (paper-spec §4–§6).
+"""Small composable transforms of the one forward pass, for GD-vs-ICL research (docs/method.md#finetuning).
 
 Each is a plain function over pytrees, so it composes with `jax.grad`, `jax.jit` and `jax.vmap`:
 
@@ -29,7 +29,7 @@ from jaxicl.errors import TrainingError
 from jaxicl.models import layers
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.init import init_params, param_shapes
-from jaxicl.models.transformer import BlockInputTransform, forward, unembed
+from jaxicl.models.transformer import BlockInputTransform, forward
 
 Array = jax.Array
 Readout = Literal["block", "attn"]
@@ -295,9 +295,9 @@ class ParamMask:
         """Number of scalar parameters selected."""
         shapes = _shapes(config)
         total = 0
-        for path, layers in self.entries:
+        for path, selected in self.entries:
             n = int(np.prod(shapes[path]))
-            total += n if layers is None else n // shapes[path][0] * len(layers)
+            total += n if selected is None else n // shapes[path][0] * len(selected)
         return total
 
 
@@ -347,7 +347,7 @@ def is_norm(path: str) -> bool:
 
 
 def reinit(params: dict, config: ModelConfig, variant: str, seed: int) -> dict:
-    """Untrained-baseline params (paper-spec §6), a pure function of (config, variant, seed), so
+    """Untrained-baseline params (docs/method.md#untrained-baselines), a pure function of (config, variant, seed), so
     the zero-shot, ICL and finetuning runs of one cell get identical random weights.
 
     "trained": params unchanged; "trained-embeddings": keep token/position embeddings, the

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Iterator
 
-from jaxicl.compile_stats import BACKEND_COMPILE_EVENT
+from jaxicl.runtime.compile_stats import BACKEND_COMPILE_EVENT
 
 _lock = threading.Lock()
 _totals = {"waiting": 0.0, "compile": 0.0, "programs": 0}

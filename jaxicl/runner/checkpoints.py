@@ -23,10 +23,12 @@ import json
 import re
 from pathlib import Path
 
+from jaxicl.api import load
 from jaxicl.errors import JaxiclError, ModelNotFoundError
 from jaxicl.io.results import write_json_atomic
-
-REVISIONS_FILE = "revisions.json"
+from jaxicl.runner.execute import run
+from jaxicl.runner.layout import REVISIONS, REVISIONS_FILE
+from jaxicl.runner.rundir import open_run_dir
 
 
 def parse_checkpoints(text: str) -> tuple[str, ...]:
@@ -75,10 +77,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def run_checkpoints(config, run_dir: Path, *, force: bool = False, only=None, quiet: bool = False,
                     batch_runs: str = "auto") -> dict:
-    """Every revision's grid, in the order given; counts summed over revisions (experiment.run's keys)."""
-    from jaxicl import load
-    from jaxicl.experiment import open_run_dir, run
-
+    """Every revision's grid, in the order given; counts summed over revisions (`run`'s keys)."""
     open_run_dir(run_dir, config, force)
     path = run_dir / REVISIONS_FILE
     index = json.loads(path.read_text()) if path.exists() else {"tokenizer": None, "revisions": {}}
@@ -98,7 +97,7 @@ def run_checkpoints(config, run_dir: Path, *, force: bool = False, only=None, qu
         index["revisions"][rev] = {"source": source, "step": training_step(rev)}
         write_json_atomic(path, index)
         mine = dataclasses.replace(config, model=source, checkpoints=None, revision=rev)
-        counts = run(mine, run_dir / "revisions" / rev, force=force, only=only, lm=lm, quiet=quiet,
+        counts = run(mine, run_dir / REVISIONS / rev, force=force, only=only, lm=lm, quiet=quiet,
                      batch_runs=batch_runs)  # fmt: skip
         totals = {k: totals[k] + counts[k] for k in totals}
         del lm

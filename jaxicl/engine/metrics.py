@@ -1,33 +1,33 @@
-"""Similarity metrics between ICL and finetuning (paper-spec §8), their baselines and aggregation.
+"""Similarity metrics between ICL and finetuning (docs/method.md#metrics), their baselines and aggregation.
 
 Everything is numpy in float64, whatever dtype the records come in, so aggregation over thousands
 of examples adds no rounding of its own. Large record arrays are processed in chunks of examples,
 so memory stays flat in n.
 
-Conventions (each follows the section of docs/paper-spec.md named in brackets):
+Conventions (each follows the section of docs/method.md named in brackets):
 - cos is torch's current `F.cosine_similarity` (eps 1e-8, checked against torch 2.x):
   x·y / (max(‖x‖₂, eps) · max(‖y‖₂, eps)). Older torch docs (1.9/1.10) give
   x·y / max(‖x‖₂‖y‖₂, eps); they differ only if ‖x‖₂‖y‖₂ < eps or a norm < eps. A zero vector (e.g.
-  an update that is exactly 0) gives 0, not NaN [§8 notation].
+  an update that is exactly 0) gives 0, not NaN [notation].
 - SimAOU_norm first divides every h by max(‖h‖₂, 1e-12) (`F.normalize`, as the authors'
   `analyze_sim(normalize=True)`); it is Dai's "SimAOU" and the authors' JSON key `SimAOU`
-  [§8.2]. SimAOU is the same without normalization [§8.3].
+  [simaou]. SimAOU is the same without normalization [simaou].
 - Random SimAOU: cos(ICL update, r), one r per example and layer, r drawn in C order as
   `np.random.default_rng(seed).random((n, L, d))` (U[0,1), the authors' baseline, not zero-mean),
   or a fresh `np.random.default_rng(seed).standard_normal((n, L, d))` for the zero-mean variant;
-  the ICL update is computed in normalized mode by default, as the authors did [§8.4, §14.4].
+  the ICL update is computed in normalized mode by default, as the authors did [random-baselines].
 - Attention maps are the probe's pre-softmax logits over the query tokens; each example's map is
   its first `lengths[n]` entries and whatever follows is ignored (masked to 0): icl.py's right
   zero-padding, any padding value, and the authors' left zero-padding (read as part of the map)
-  all leave every cosine unchanged [§8.5, §14.2].
+  all leave every cosine unchanged [attention-map-similarity].
 - Aggregation: SimAOU means over examples per layer; SimAM-type metrics mean over heads, then
   examples, then layers, all with equal weights; scalars are the mean of the per-layer list
-  [§8.2, §8.5, §14.5]. (For full [n, L, H] arrays this equals the flat mean of the per-head
+  [aggregation]. (For full [n, L, H] arrays this equals the flat mean of the per-head
   cosines; it differs from one cosine over concatenated heads or from token-length weighting.)
 - α = SimAM_Δ between LCGD and GD: cos(m_LCGD − m_ZS, m_GD − m_ZS), aggregated like SimAM_Δ
-  [§8.7, §14.14].
+  [alpha].
 - Rec2FTP = 100·N_both/N_FT>ZS; NaN when N_FT>ZS = 0 (no example that FT fixed), reported as
-  `None` by `all_metrics` so the JSON stays strict; never a silent 0 [§8.1].
+  `None` by `all_metrics` so the JSON stays strict; never a silent 0 [rec2ftp].
 - Bad input (shape mismatches across settings, map lengths that differ or exceed the map width,
   NaN/inf in the values used) raises `InputError` naming the arrays, never a wrong number.
 """
@@ -107,7 +107,7 @@ def per_example_mean(scores: np.ndarray) -> list[float]:
 
 
 def layer_mean(per_layer: Sequence[float]) -> float:
-    """The scalar of a metric: the plain mean of its per-layer values (design.md results schema)."""
+    """The scalar of a metric: the plain mean of its per-layer values (docs/experiments.md#the-grid-jaxicl-run)."""
     if len(per_layer) == 0:
         raise InputError("no layers to average")
     return float(np.mean(np.asarray(per_layer, np.float64)))
@@ -246,7 +246,7 @@ def simaou(h_zs: Any, h_icl: Any, h_ft: Any, normalize: bool) -> list[float]:
 
     Inputs are attention outputs at the probe, [n, L, d] each. normalize has no default because
     the two variants differ in kind: the normalized one scores ~1/4 for updates orthogonal to h
-    (paper-spec §8.2)."""
+    (docs/method.md#simaou)."""
     return per_layer_mean(simaou_per_example(h_zs, h_icl, h_ft, normalize))
 
 
@@ -500,7 +500,7 @@ def all_metrics(
 
 
 def alpha_metrics(zs: Any, lcgd: Any, gd: Any, *, map_key: str = "attn_scores") -> dict:
-    """α of one task/seed from the zero-shot, LCGD-finetuned and GD-finetuned runs (paper-spec §8.7)."""
+    """α of one task/seed from the zero-shot, LCGD-finetuned and GD-finetuned runs (docs/method.md#alpha)."""
     results = {"zs": zs, "lcgd": lcgd, "gd": gd}
     lengths, lengths_name = _common_lengths(results)
     maps, lengths = _maps(

@@ -9,7 +9,7 @@ Scoring: the summed log-probability of each class's candidate tokens after the q
 label word is a single token, one row per query scores all classes at once (the authors' option-0
 trick); otherwise each class gets its own row. Records always come from the option-0 row.
 
-Several devices (`mesh=`, see jaxicl/sharding.py): each batch's rows are split over the mesh's
+Several devices (`mesh=`, see jaxicl/runtime/sharding.py): each batch's rows are split over the mesh's
 "data" axis, params are placed by `sharding.shard_params` (FSDP-style over "model" if the mesh has
 one) and the prefix cache is replicated. Numbers equal the single-device ones up to float rounding.
 
@@ -30,12 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxicl import batch_size, sharding, stage_clock
 from jaxicl.api import bucket, check_ids
+from jaxicl.engine import batch_size
+from jaxicl.engine.transforms import flatten, merge_params, unflatten
 from jaxicl.errors import InputError
 from jaxicl.models.config import ModelConfig
 from jaxicl.models.transformer import EVERY_POSITION, TAP_NAMES, KVCache, forward
-from jaxicl.transforms import flatten, merge_params, unflatten
+from jaxicl.runtime import sharding, stage_clock
 
 Ids = Sequence[int]
 RECORD_TAPS = ("attn_out", "attn_scores", "resid_post")
@@ -191,7 +192,7 @@ def evaluate(
 
     mesh: split each batch's rows over its "data" axis (options.batch_size must be a multiple of
     that axis's size); params and cache are placed as the module docstring says."""
-    _check_inputs(config, prefix, queries, candidates, options, mesh)
+    check_inputs(config, prefix, queries, candidates, options, mesh)
     if mesh is not None:
         params = sharding.shard_params(params, mesh)
     cache = None
@@ -217,7 +218,7 @@ def evaluate_many(
     """`evaluate` of several models of one config (e.g. every finetuned model of a task) over the
     same queries: each batch of rows runs once, vmapped over the models (`split_shared`: what the
     models share is passed once). Equals evaluating each alone up to float rounding."""
-    _check_inputs(config, prefix, queries, candidates, options)
+    check_inputs(config, prefix, queries, candidates, options)
     if not len(params_list):
         raise InputError("no models to evaluate")
     shared, stacked = split_shared(params_list)
@@ -297,7 +298,7 @@ def _score_queries(score, n_models: int, config, prefix, queries, candidates, op
     ]
 
 
-def _check_inputs(
+def check_inputs(
     config: ModelConfig,
     prefix: Ids,
     queries: Sequence[Ids],

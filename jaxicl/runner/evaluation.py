@@ -10,8 +10,8 @@ import numpy as np
 
 from jaxicl.data.prompts import PromptSet, build_prompts
 from jaxicl.data.tasks import Task
+from jaxicl.engine.scoring import EvalOptions, EvalResult, evaluate
 from jaxicl.errors import InputError
-from jaxicl.icl import EvalOptions, EvalResult, evaluate
 from jaxicl.lm import LM
 
 

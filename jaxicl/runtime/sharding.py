@@ -1,7 +1,7 @@
 """Device meshes and shardings: where params, prefix caches and batches live on several devices.
 
 One mesh, two named axes:
-  "data"   splits a leading batch axis: the query rows of `icl.evaluate`, the demonstration sets
+  "data"   splits a leading batch axis: the query rows of `scoring.evaluate`, the demonstration sets
            of `finetune.finetune_many`. Each device runs its own rows; nothing is exchanged
            except the results.
   "model"  (optional; size 1 = off) splits each parameter tensor, FSDP-style, for models larger
@@ -15,7 +15,7 @@ every mesh; with a "model" axis of size 1 every tensor is replicated.
 
 `make_mesh()` spans this process's devices only (`jax.local_devices()`): on several hosts each
 host evaluates its own share of the queries without cross-host collectives per batch, and
-`distributed.evaluate_across_hosts` gathers the results once. Only the device placement changes
+`engine.across_hosts.evaluate_across_hosts` gathers the results once. Only the device placement changes
 the numbers, and only by float summation order (≤ 1e-5 in tests/test_sharding.py).
 
 Usage:
@@ -73,7 +73,7 @@ def check_mesh(mesh: Mesh) -> None:
     if any(d.process_index != here for d in mesh.devices.flat):
         raise InputError("the mesh spans other processes' devices; jaxicl meshes are per process "
                          "(make_mesh() uses jax.local_devices()); split work across hosts with "
-                         "distributed.evaluate_across_hosts")
+                         "jaxicl.engine.across_hosts.evaluate_across_hosts")
 
 
 def axis_size(mesh: Mesh, name: str) -> int:

@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache, switched on for every program (small ones included).
 
-    from jaxicl import compile_cache
+    from jaxicl.runtime import compile_cache
     compile_cache.enable("~/.cache/jaxicl/xla")   # before (or after) the first jit call
 
 A second process with the same directory loads compiled executables from disk instead of
