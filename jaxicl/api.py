@@ -20,19 +20,29 @@ from jaxicl.models.transformer import forward
 def load(name_or_path: str | os.PathLike = registry.DEFAULT_MODEL, dtype=jnp.float32) -> LM:
     """Load a registry name ("gemma3-270m", "smollm2-135m"), a .gguf file, an HF directory or
     "hf:org/name[@revision]"."""
-    path = registry.resolve(name_or_path)
-    if path.is_file() and path.suffix == ".gguf":
-        from jaxicl.io.gguf import load_gguf
-
-        config, params, tokenizer = load_gguf(path)
-    elif path.is_dir() and (path / "config.json").exists():
-        from jaxicl.io.hf import load_hf_dir
-
-        config, params, tokenizer = load_hf_dir(path)
-    else:
-        raise CheckpointError(f"{path}: not a .gguf file nor a directory with config.json")
+    config, params, tokenizer = _reader(name_or_path, "load")()
     params = jax.tree.map(lambda x: _on_device(x, dtype), params)
     return LM(config=config, params=params, tokenizer=tokenizer, source=str(name_or_path))
+
+
+def read_config(name_or_path: str | os.PathLike = registry.DEFAULT_MODEL) -> ModelConfig:
+    """A model's config without its weights (a GGUF file's metadata, a directory's config.json):
+    enough to check a command's arguments against the model before loading it."""
+    return _reader(name_or_path, "config")()
+
+
+def _reader(name_or_path: str | os.PathLike, what: str):
+    """The function that reads the checkpoint's config ("config") or all of it ("load")."""
+    path = registry.resolve(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        from jaxicl.io import gguf
+
+        return functools.partial(gguf.read_config if what == "config" else gguf.load_gguf, path)
+    if path.is_dir() and (path / "config.json").exists():
+        from jaxicl.io import hf
+
+        return functools.partial(hf.read_hf_config if what == "config" else hf.load_hf_dir, path)
+    raise CheckpointError(f"{path}: not a .gguf file nor a directory with config.json")
 
 
 def _on_device(x, dtype) -> jax.Array:

@@ -30,3 +30,8 @@ class TrainingError(JaxiclError, RuntimeError):
 class DivergenceError(TrainingError):
     """A non-finite loss or gradient during finetuning: a learning-rate sweep marks the rate and
     goes on, where any other caller stops."""
+
+
+class StorageError(JaxiclError, OSError):
+    """A file that could not be written (a full disk, a read-only directory): the message names the
+    path and the bytes, and nothing partial is left behind."""

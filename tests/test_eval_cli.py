@@ -310,10 +310,10 @@ def test_window_too_small_for_one_demonstration(model_dir, data_dir, tmp_path, c
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--max-len", str(WINDOW + 1)], f"max_len={WINDOW + 1} exceeds the model's context window of {WINDOW}"),
-        (["--max-len", "0"], "max_len must be a positive integer, got 0"),
-        (["--n-eval", "0"], "n_eval must be >= 1"),
-        (["--k", "-1"], "k must be an integer >= 0"),
+        (["--max-len", str(WINDOW + 1)], f"--max-len {WINDOW + 1} exceeds"),
+        (["--max-len", "0"], "--max-len must be an integer >= 2, got 0"),
+        (["--n-eval", "0"], "--n-eval must be an integer >= 1, got 0"),
+        (["--k", "-1"], "--k must be an integer >= 0, got -1"),
         (["--perm", "5"], "perm must be in 0..4"),
         (["--separator", "\\x"], "--separator '\\\\x': invalid backslash escape"),
     ],

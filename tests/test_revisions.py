@@ -81,8 +81,7 @@ def test_a_missing_revision_is_named_and_nothing_is_written_for_it(revision_dir,
                        n_runs=1, checkpoints=("step0", "step5"))  # fmt: skip
     with pytest.raises(ModelNotFoundError, match="revision 'step5'"):
         run_checkpoints(config, tmp_path, quiet=True)
-    assert (tmp_path / "revisions/step0/cells").is_dir() and not (tmp_path / "revisions/step5").exists()
-    assert "step5" not in json.loads((tmp_path / "revisions.json").read_text())["revisions"]
+    assert not (tmp_path / "revisions").exists() and not (tmp_path / "revisions.json").exists()  # refused up front
 
 
 def test_a_revision_with_another_tokenizer_is_refused(revision_dir, task_spec, tmp_path):
@@ -107,3 +106,15 @@ def test_run_refuses_a_checkpoints_config_and_names_the_caller(revision_dir, tas
     with pytest.raises(InputError, match="run_checkpoints"):
         run(config, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # one tiny revision through the command line
+def test_jaxicl_run_with_checkpoints_goes_through_the_checkpoint_runner(revision_dir, task_spec, tmp_path, capsys):
+    from jaxicl import cli
+
+    argv = ["run", "--model", str(revision_dir), "--tasks", task_spec, "--k", "4", "--n-eval", "6", "--batch-size",
+            "4", "--n-runs", "1", "--methods", "gd", "--checkpoints", "step0", "--out", str(tmp_path),
+            "--compile-cache", "off"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert (tmp_path / "revisions/step0/cells/tiny/trained/gd-seed1-perm0.json").is_file()
+    assert "1 cells run" in capsys.readouterr().out

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxicl.errors import DataError, JaxiclError
+from jaxicl.errors import DataError, InputError
 
 CONTROLS = ("cross-task", "shuffled-gd", "shuffled-icl")
 SHUFFLE_SEED = 20240516  # mixed with the run's (seed, perm): each run gets its own permutation
@@ -30,17 +30,17 @@ def check_controls(controls: Sequence[str], tasks: Sequence[str], cross_task: Se
     """Refuse an unknown control, a cross-task partner outside the grid, or controls without GD."""
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
-        raise JaxiclError(f"unknown control(s) {unknown}; known: {', '.join(CONTROLS)}")
+        raise InputError(f"unknown control(s) {unknown}; known: {', '.join(CONTROLS)}")
     if controls and "gd" not in methods:
-        raise JaxiclError("the controls compare against GD: add gd to --methods")
+        raise InputError("the controls compare against GD: add gd to --methods")
     for a, b in cross_task or ():
         for name in (a, b):
             if name not in tasks:
-                raise JaxiclError(f"--cross-task {a}:{b}: task {name!r} is not in the grid ({', '.join(tasks)})")
+                raise InputError(f"--cross-task {a}:{b}: task {name!r} is not in the grid ({', '.join(tasks)})")
         if a == b:
-            raise JaxiclError(f"--cross-task {a}:{b}: a task cannot be its own cross-task partner")
+            raise InputError(f"--cross-task {a}:{b}: a task cannot be its own cross-task partner")
     if "cross-task" in controls and len(tasks) < 2:
-        raise JaxiclError("the cross-task control needs at least two tasks in the grid")
+        raise InputError("the cross-task control needs at least two tasks in the grid")
 
 
 def partner(task: str, tasks: Sequence[str], cross_task: Sequence[tuple[str, str]] | None) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxicl.data.prompts import PromptSet
-from jaxicl.errors import JaxiclError
+from jaxicl.errors import InputError, JaxiclError
 
 ORDER_SEED = 20240722  # mixed with the run's (seed, perm)
 
@@ -25,14 +25,14 @@ ORDER_SEED = 20240722  # mixed with the run's (seed, perm)
 def check_permutations(count: int) -> None:
     """0 turns the analysis off; a std across orders needs at least two."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 0 or count == 1:
-        raise JaxiclError(f"order sensitivity needs P >= 2 permutations (0: off), got {count!r}")
+        raise InputError(f"order sensitivity needs P >= 2 permutations (0: off), got {count!r}")
 
 
 def permutations(n: int, count: int, seed: int, perm: int) -> list[tuple[int, ...]]:
     """`count` distinct orders of n demonstrations: the identity first, then seeded permutations."""
     check_permutations(count)
     if count > math.factorial(n):
-        raise JaxiclError(f"{n} demonstrations have only {math.factorial(n)} orders; {count} were asked for")
+        raise InputError(f"{n} demonstrations have only {math.factorial(n)} orders; {count} were asked for")
     rng = np.random.default_rng([ORDER_SEED, seed, perm])
     orders = [tuple(range(n))]
     while len(orders) < count:

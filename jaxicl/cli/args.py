@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from jaxicl.errors import DataError, JaxiclError
+from jaxicl.errors import DataError, InputError
 from jaxicl.io.registry import DEFAULT_MODEL, cache_dir
 from jaxicl.runner.plan import BATCH_RUNS, PAPER_TASKS
 
@@ -33,7 +33,7 @@ def pairs(text: str | None) -> tuple[tuple[str, str], ...] | None:
     for item in csv(text):
         a, sep, b = item.partition(":")
         if not sep or not a or not b:
-            raise JaxiclError(f"--cross-task takes A:B pairs, got {item!r}")
+            raise InputError(f"--cross-task takes A:B pairs, got {item!r}")
         out.append((a, b))
     return tuple(out)
 

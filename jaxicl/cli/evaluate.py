@@ -6,14 +6,14 @@ import argparse
 
 from jaxicl.api import load
 from jaxicl.cli.args import add_data, add_model, unescape
-from jaxicl.data.tasks import get_task
 from jaxicl.engine.scoring import EvalOptions
 from jaxicl.io.results import machine, versions, write_json_atomic
+from jaxicl.runner import checks
 from jaxicl.runner.evaluation import eval_record, run_eval
 
 
 def main(args: argparse.Namespace) -> None:
-    task = get_task(args.task)
+    task = check_eval(args)
     separator = unescape(args.separator)
     lm = load(args.model)
     run = run_eval(
@@ -32,6 +32,18 @@ def main(args: argparse.Namespace) -> None:
         record.update(versions=versions(), machine=machine())
         write_json_atomic(args.out, record)
         print(f"wrote {args.out}")
+
+
+def check_eval(args: argparse.Namespace):
+    """Every argument checked before the model loads; returns the task."""
+    task = checks.check_tasks([args.task])[0]
+    checks.check_runs([(args.seed, args.perm)], None)
+    checks.check_count("--k", args.k, minimum=0, allow_none=False)
+    checks.check_count("--n-eval", args.n_eval)
+    checks.check_batch_size(args.batch_size)
+    checks.check_data([task], args.data_dir, args.k)
+    checks.check_model_and_window(args.model, args.max_len)
+    return task
 
 
 def add(sub) -> None:

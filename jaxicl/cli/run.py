@@ -8,7 +8,7 @@ import sys
 
 from jaxicl.cli.args import add_data, add_grid, add_model, add_run_dir, csv, enable_compile_cache, pairs
 from jaxicl.data.tasks import get_task
-from jaxicl.errors import JaxiclError
+from jaxicl.errors import InputError
 from jaxicl.runner.checkpoints import parse_checkpoints, run_checkpoints
 from jaxicl.runner.execute import RunInterrupted, run
 from jaxicl.runner.plan import RunConfig, parse_only
@@ -23,7 +23,7 @@ def config_of(args: argparse.Namespace) -> RunConfig:
         seeds = csv(args.seeds, int)
         perms = csv(args.perms, int) if args.perms else tuple(range(len(seeds)))
         if len(perms) != len(seeds):
-            raise JaxiclError(f"--perms has {len(perms)} values for {len(seeds)} seeds")
+            raise InputError(f"--perms has {len(perms)} values for {len(seeds)} seeds")
         runs = tuple(zip(seeds, perms))
     tasks = csv(args.tasks)
     rates = rates_for(args.lrs, [get_task(t).name for t in tasks], args.out)
@@ -36,6 +36,7 @@ def config_of(args: argparse.Namespace) -> RunConfig:
         token_wise=args.token_wise, controls=csv(args.controls) or (),
         cross_task=pairs(args.cross_task), order_permutations=args.order_permutations,
         checkpoints=None if args.checkpoints is None else parse_checkpoints(args.checkpoints),
+        stability_check=args.stability_check,
     )  # fmt: skip
 
 
@@ -43,10 +44,13 @@ def main(args: argparse.Namespace) -> int | None:
     distributed.initialize()  # joins the other processes of a multi-host run; else a no-op
     enable_compile_cache(args.compile_cache)
     config = config_of(args)
-    runner = run_checkpoints if config.checkpoints else run  # one run directory per revision, or the grid
+    only = parse_only(args.only)
     try:
-        counts = runner(config, args.out, force=args.force, only=parse_only(args.only), profile_dir=args.profile,
-                        batch_runs=args.batch_runs)  # fmt: skip
+        if config.checkpoints:  # one run directory per revision
+            counts = run_checkpoints(config, args.out, force=args.force, only=only, batch_runs=args.batch_runs)
+        else:
+            counts = run(config, args.out, force=args.force, only=only, profile_dir=args.profile,
+                         batch_runs=args.batch_runs)  # fmt: skip
     except RunInterrupted as stop:
         lost = f"lost the {len(stop.lost)} cells in progress ({'; '.join(stop.lost)})" if stop.lost else "lost nothing"
         print(f"jaxicl: interrupted after {stop.done} cells this run; {lost}; resume with: "
@@ -90,6 +94,9 @@ def add(sub) -> None:
     parser.add_argument("--token-wise", action="store_true",
                         help="also record the attention output at every query token and add IA2's token-wise "
                         "SimAOU (larger evaluation files)")
+    parser.add_argument("--stability-check", action="store_true",
+                        help="finetune each cell a second time with the demonstrations padded to another length (the "
+                        "same maths, other float rounding) and record how far its metrics move")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="write a JAX profiler trace of the first group run (open with TensorBoard or Perfetto)")
     parser.set_defaults(func=main)

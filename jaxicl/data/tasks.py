@@ -360,14 +360,19 @@ def load_split(task: Task, split: str, data_dir: str | os.PathLike[str] | None =
     return rows
 
 
-def _read_jsonl(path: Path, task: Task, split: str) -> tuple[list[dict[str, Any]], list[int]]:
-    """Rows of a JSONL file and their 1-based line numbers; blank lines are skipped."""
+def check_split_file(path: Path, task: Task, split: str) -> None:
+    """A DataError naming a missing split file and what its folder holds instead."""
     if not path.is_file():
         listing = sorted(p.name for p in path.parent.glob("*.jsonl")) if path.parent.is_dir() else []
         raise DataError(
             f"missing split file {path} (task {task.name!r}, split {split!r}; "
             f"{'present there: ' + ', '.join(listing) if listing else 'no .jsonl files in that folder'})"
         )
+
+
+def _read_jsonl(path: Path, task: Task, split: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rows of a JSONL file and their 1-based line numbers; blank lines are skipped."""
+    check_split_file(path, task, split)
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     try:

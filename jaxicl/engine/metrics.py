@@ -57,6 +57,7 @@ PER_LAYER_KEYS = (
     "random_simaou_gauss",
 )
 # Table 1 / Table 2's metrics, kept per example in each cell for the report's hierarchical bootstrap
+TABLE_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")  # Tables 1-2; required in every cell
 PER_EXAMPLE_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta", "tokenwise_simaou")
 TOKENWISE_KEY = "tokenwise_simaou"  # in a cell only when its records were asked for (attn_out@all)
 

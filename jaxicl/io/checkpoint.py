@@ -13,9 +13,11 @@ refuses one host's local jax.Arrays; they restore the same.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +25,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from jaxicl.io.atomic import storage_error
 from jaxicl.io.results import write_json_atomic
 
 TREE_DIR = "tree"
@@ -72,10 +75,27 @@ def save(directory: str | os.PathLike, tree: Any, key: str, meta: Mapping[str, A
     if jax.process_count() > 1:
         tree = jax.tree.map(np.asarray, tree)
     checkpointer = _checkpointer()
-    checkpointer.save(directory / TREE_DIR, tree, force=True)
-    checkpointer.wait_until_finished()
+    try:
+        checkpointer.save(directory / TREE_DIR, tree, force=True)
+        checkpointer.wait_until_finished()
+    except Exception as e:  # orbax reports a full disk as a ValueError (tensorstore's RESOURCE_EXHAUSTED)
+        for partial in [directory / TREE_DIR, *directory.glob(f"{TREE_DIR}.orbax-checkpoint-tmp*")]:
+            shutil.rmtree(partial, ignore_errors=True)
+        if not _out_of_space(e):
+            raise
+        nbytes = sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(tree))
+        raise storage_error(directory / TREE_DIR, nbytes, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from e
     write_json_atomic(directory / META_FILE, {"format": FORMAT, "key": key, "meta": dict(meta or {})})
     return directory
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """Whether a failed save ran out of disk (an OSError anywhere in its chain, or tensorstore's words)."""
+    while error is not None:
+        if isinstance(error, OSError) or "No space left" in str(error) or "os_error_code='28'" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def has(directory: str | os.PathLike, key: str) -> bool:

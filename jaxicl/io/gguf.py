@@ -575,6 +575,15 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict, Tokenizer]:
     return config, params, _tokenizer(path, config)
 
 
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The config of a GGUF checkpoint from its metadata alone (no tensor is read)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelNotFoundError(f"no GGUF file at {path!r}")
+    reader = _open(path)
+    return _config(_Metadata(reader, path), {t.name: t for t in reader.tensors})
+
+
 def _read_model(path: str) -> tuple[ModelConfig, dict]:
     """Config and params; the reader (~300 MB of parsed metadata for Gemma) dies on return,
     before the tokenizer is built."""

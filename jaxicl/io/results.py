@@ -5,30 +5,19 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from jaxicl.io.atomic import write_bytes_atomic
 
 PACKAGES = ("jaxicl", "jax", "jaxlib", "flax", "optax", "numpy", "transformers", "gguf", "orbax-checkpoint")
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON to a temp file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=False, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """JSON (strict: no NaN) written atomically; StorageError when the disk is full."""
+    text = json.dumps(payload, indent=1, sort_keys=False, allow_nan=False) + "\n"
+    return write_bytes_atomic(path, text.encode())
 
 
 def write_config(path: str | os.PathLike, config: dict, force: bool = False, defaults: dict | None = None) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from jaxicl.data.tasks import PAPER_TASKS
 from jaxicl.engine.metrics import PER_LAYER_KEYS
+from jaxicl.io.atomic import write_bytes_atomic
 from jaxicl.report.cells import (
     Cell,
     CellError,
@@ -96,6 +97,7 @@ from jaxicl.report.paper import (
     render_paper_table1,
     render_paper_table2,
 )
+from jaxicl.report.stability import CSV_HEADER, stability_counts
 from jaxicl.report.stats import (
     Difference,
     Stat,
@@ -201,9 +203,13 @@ def _write_csvs(cells: Sequence[Cell], tasks: Sequence[str], variants: Sequence[
     stat_header = ["n", "mean", "std"]
     paper = ["paper_mean", "paper_std"]
     ci = ["ci_low", "ci_high"]  # 95% hierarchical bootstrap
+    counts = stability_counts(cells)
+    stable = CSV_HEADER if counts else []  # --stability-check: unstable and checked cells per entry
     files = {
-        "table2.csv": (["metric", "method", "task", *stat_header, *paper, *ci], table2_csv_rows(t2, tasks)),
-        "table1.csv": (["metric", "variant", "task", *stat_header, *paper, *ci], table1_csv_rows(t1, tasks)),
+        "table2.csv": (["metric", "method", "task", *stat_header, *paper, *ci, *stable],
+                       table2_csv_rows(t2, tasks, counts)),
+        "table1.csv": (["metric", "variant", "task", *stat_header, *paper, *ci, *stable],
+                       table1_csv_rows(t1, tasks, counts)),
         "gd_minus_lcgd.csv": (["metric", "task", "n_runs", "mean", *ci, "excludes_zero", "paired_examples"],
                               differences_csv_rows(differences)),
         "accuracy.csv": (["variant", "task", "quantity", *stat_header], accuracy_csv_rows(cells, variants, tasks)),
@@ -279,5 +285,5 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
         lines += checkpoints_section(revisions, out, plots) + [""]
     lines += ["## Files", ""] + [f"- [{name}]({name})" for name in csv_files]
     report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_bytes_atomic(report, ("\n".join(lines) + "\n").encode("utf-8"))
     return report

@@ -66,6 +66,8 @@ class Cell:
     alpha_per_layer: tuple[float, ...] | None
     grad_norms: Mapping[str, np.ndarray] | None
     per_example: Mapping[str, np.ndarray] = field(default_factory=dict)  # metric -> [n_eval], when kept
+    lr: float | None = None
+    stability: Mapping[str, float] | None = None  # metric -> |Δ scalar| of a second finetuning, when checked
 
     @property
     def run(self) -> tuple[int, int]:
@@ -256,7 +258,35 @@ def parse_cell(obj: Any, path: str) -> Cell:
         alpha_per_layer=alpha_layers,
         grad_norms=_parse_grad_norms(obj, n_layers),
         per_example=_checked_per_example(obj),
+        lr=_float_field(obj, "lr"),
+        stability=_parse_stability(obj),
     )
+
+
+def _float_field(obj: Mapping[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CellError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_stability(obj: Mapping[str, Any]) -> dict[str, float] | None:
+    """The stability check's |Δ| of each Tables 1-2 scalar (`jaxicl run --stability-check`), if the cell has one."""
+    record = obj.get("stability")
+    if record is None:
+        return None
+    scalar = record.get("scalar") if isinstance(record, dict) else None
+    if not isinstance(scalar, dict):
+        raise CellError("stability must hold a 'scalar' object")
+    out = {}
+    for key in TABLE_METRICS:
+        value = scalar.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
+            raise CellError(f"stability.scalar.{key} must be a finite number >= 0, got {value!r}")
+        out[key] = float(value)
+    return out
 
 
 def _checked_per_example(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@ report.md links. PNGs are written without a software/date stamp."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from jaxicl.io.atomic import write_bytes_atomic
 from jaxicl.report.cells import Cell
 from jaxicl.report.fmt import fmt_stat, md_table, task_label
 from jaxicl.report.names import METHOD_LABELS, METHODS, METRIC_LABELS
@@ -24,8 +26,10 @@ METHOD_COLORS = {"gd": "tab:blue", "lcgd": "tab:orange"}
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: stable bytes
-    return path
+    """A figure as PNG, written atomically; no version stamp, so the bytes are stable."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _plot_methods(ax: Any, cells: Sequence[Cell], metric: str, tasks: Sequence[str], band: bool) -> None:

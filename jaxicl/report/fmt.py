@@ -4,10 +4,12 @@ and CSV files (full precision, fixed spelling, so that they diff cleanly)."""
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jaxicl.io.atomic import write_bytes_atomic
 from jaxicl.report.names import TASK_LABELS, VARIANT_LABELS
 
 if TYPE_CHECKING:
@@ -75,11 +77,13 @@ def csv_num(x: float | int | None) -> str:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([v if isinstance(v, str) else csv_num(v) for v in row])
+    """A tidy CSV, written atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([v if isinstance(v, str) else csv_num(v) for v in row])
+    write_bytes_atomic(path, text.getvalue().encode("utf-8"))
 
 
 def stat_cols(stat: Stat | None) -> list[Any]:

@@ -3,10 +3,10 @@ stages, with the labels report.md shows for them."""
 
 from __future__ import annotations
 
+from jaxicl.engine.metrics import TABLE_METRICS  # noqa: F401  (required in every cell)
 from jaxicl.runner.plan import METHODS  # noqa: F401  (the report's methods are the runner's)
 
 METHOD_LABELS = {"gd": "GD", "lcgd": "LCGD"}
-TABLE_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")  # required in every cell
 METRIC_LABELS = {
     "simaou_norm": "SimAOU_norm",
     "simaou": "SimAOU",
@@ -41,6 +41,7 @@ STAGES = (
     ("evaluate GD-finetuned", "evaluate_gd", ("ftzs_gd",)),
     ("evaluate LCGD-finetuned", "evaluate_lcgd", ("ftzs_lcgd",)),
     ("metrics", "metrics", ("metrics_gd", "metrics_lcgd")),
+    ("stability check", "stability", ("stability_gd", "stability_lcgd")),
 )
 STAGE_KEYS = frozenset(k for _, _, keys in STAGES for k in keys)
 TIMING_KEYS = ("load_s", "total_s")

@@ -41,6 +41,7 @@ from jaxicl.report.paper import (
     table1_rows,
     table2_rows,
 )
+from jaxicl.report.stability import csv_columns, mark, stability_counts, stability_lines, table_note
 from jaxicl.report.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -75,8 +76,9 @@ def table2_section(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[list[st
     lines = ["## Table 2: GD vs LCGD (trained model)", ""]
     if not select(cells, variant="trained"):
         return lines + ["No trained-variant cells."], stats
-    lines += render_table2(stats, tasks)
-    lines += ["", _runs_line(cells, tasks),
+    counts = stability_counts(cells)
+    lines += render_table2(stats, tasks, counts)
+    lines += ["", _runs_line(cells, tasks), *table_note(counts),
               "Mean ± std over runs (ddof=1; — = one run). Bold: the higher of GD/LCGD. Average: mean over "
               "tasks of the task means (* = not every task has data). SimAOU is unnormalized; SimAOU_norm "
               "is Dai's SimAOU.", "", "Paper (P4 Table 2, fairseq 1.3B, 3 runs):", ""]
@@ -84,7 +86,8 @@ def table2_section(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[list[st
     return lines, stats
 
 
-def render_table2(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str]) -> list[str]:
+def render_table2(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str],
+                  counts: Mapping | None = None) -> list[str]:
     def mean(metric: str, method: str, task: str) -> float | None:
         s = stats[(metric, method)][task]
         return None if s is None else s.mean
@@ -93,19 +96,22 @@ def render_table2(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], ta
         avg, n = task_average(stats[(metric, method)])
         return fmt_num(avg, 3) + ("*" if avg is not None and n < len(tasks) else "")
 
-    rows = table2_rows(mean, lambda m, me, t: fmt_stat(stats[(m, me)][t]), average, tasks)
+    rows = table2_rows(mean, lambda m, me, t: fmt_stat(stats[(m, me)][t]) + mark(counts, (m, "trained", me, t)),
+                       average, tasks)
     return md_table(["metric", "method", *map(task_label, tasks), "Average"], rows)
 
 
-def table2_csv_rows(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str]) -> list[list]:
+def table2_csv_rows(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str],
+                    counts: Mapping | None = None) -> list[list]:
     rows = []
     for (metric, method), by_task in stats.items():
         for t in tasks:
             paper = PAPER_TABLE2[(metric, method)].get(t)
-            rows.append([metric, method, t, *stat_cols(by_task[t]), *(paper or (None, None)), *ci_cols(by_task[t])])
+            rows.append([metric, method, t, *stat_cols(by_task[t]), *(paper or (None, None)), *ci_cols(by_task[t]),
+                         *csv_columns(counts, (metric, "trained", method, t))])  # fmt: skip
         avg, n = task_average(by_task)
         rows.append([metric, method, "average", n if avg is not None else None, avg, None,
-                     PAPER_TABLE2_AVG[(metric, method)], None, None, None])
+                     PAPER_TABLE2_AVG[(metric, method)], None, None, None, *([None, None] if counts else [])])
     return rows
 
 
@@ -117,26 +123,30 @@ def table1_section(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[list[st
     lines = ["## Table 1: untrained baselines (GD)", ""]
     if not stats:
         return lines + ["No GD cells."], stats
-    lines += render_table1(stats, tasks)
-    lines += ["", "Rows only for the variants in this run. Bold: highest variant; underlined: top two within "
+    counts = stability_counts(cells)
+    lines += render_table1(stats, tasks, counts) + [""] + table_note(counts)
+    lines += ["Rows only for the variants in this run. Bold: highest variant; underlined: top two within "
               "0.01 (paper's rule). SimAOU_norm is extra: the paper's untrained rows may be normalized "
               "(docs/method.md#ambiguities-and-choices).", "", "Paper (P4 Table 1; ⚑ = CB cell reconstructed from garbled text, "
               "docs/method.md#published-numbers):", ""]
     return lines + render_paper_table1(), stats
 
 
-def render_table1(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str]) -> list[str]:
+def render_table1(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str],
+                  counts: Mapping | None = None) -> list[str]:
     rows = table1_rows(stats, lambda s: None if s is None else s.mean,
-                        lambda m, v, t: fmt_stat(stats[(m, v)][t]), tasks)
+                        lambda m, v, t: fmt_stat(stats[(m, v)][t]) + mark(counts, (m, v, "gd", t)), tasks)
     return md_table(["metric", "model", *map(task_label, tasks)], rows)
 
 
-def table1_csv_rows(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str]) -> list[list]:
+def table1_csv_rows(stats: Mapping[tuple[str, str], Mapping[str, Stat | None]], tasks: Sequence[str],
+                    counts: Mapping | None = None) -> list[list]:
     rows = []
     for (metric, variant), by_task in stats.items():
         for t in tasks:
             paper = PAPER_TABLE1.get((metric, variant), {}).get(t)
-            rows.append([metric, variant, t, *stat_cols(by_task[t]), *(paper or (None, None)), *ci_cols(by_task[t])])
+            rows.append([metric, variant, t, *stat_cols(by_task[t]), *(paper or (None, None)), *ci_cols(by_task[t]),
+                         *csv_columns(counts, (metric, variant, "gd", t))])  # fmt: skip
     return rows
 
 
@@ -182,7 +192,7 @@ def uncertainty_section(cells: Sequence[Cell], tasks: Sequence[str], t2: Mapping
         rows = [[METRIC_LABELS[metric], variant_label(variant),
                  *(_entry_text(stats[t]) for t in tasks)] for (metric, variant), stats in t1.items()]  # fmt: skip
         lines += md_table(header, rows)
-    return lines
+    return lines + stability_lines(cells)
 
 
 def _entry_text(stat: Stat | None) -> str:

@@ -26,40 +26,12 @@ from pathlib import Path
 from jaxicl.api import load
 from jaxicl.errors import JaxiclError, ModelNotFoundError
 from jaxicl.io.results import write_json_atomic
+from jaxicl.runner.checks import parse_checkpoints, revision_source  # noqa: F401  (parse_checkpoints: also from here)
 from jaxicl.runner.execute import run
 from jaxicl.runner.layout import REVISIONS, REVISIONS_FILE
+from jaxicl.runner.lock import holding
+from jaxicl.runner.plan import check_config
 from jaxicl.runner.rundir import open_run_dir
-
-
-def parse_checkpoints(text: str) -> tuple[str, ...]:
-    """`REV1,REV2,...`, or `@FILE` with one revision per line (blank lines and # comments skipped)."""
-    if text.startswith("@"):
-        path = Path(text[1:])
-        if not path.is_file():
-            raise JaxiclError(f"--checkpoints {text}: no such file {path}")
-        items = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-    else:
-        items = [item.strip() for item in text.split(",")]
-    revisions = tuple(item for item in items if item)
-    if not revisions:
-        raise JaxiclError(f"--checkpoints {text!r} names no revision")
-    if len(set(revisions)) != len(revisions):
-        raise JaxiclError(f"--checkpoints repeats a revision: {list(revisions)}")
-    for rev in revisions:
-        if "/" in rev or rev in (".", ".."):
-            raise JaxiclError(f"--checkpoints: {rev!r} is not a revision name (no '/')")
-    return revisions
-
-
-def revision_source(model: str, revision: str) -> str:
-    """What `jaxicl.load` reads for a revision: hf:org/name@REV, or DIR/REV for a local directory."""
-    if model.startswith("hf:"):
-        if "@" in model:
-            raise JaxiclError(f"--checkpoints with --model {model}: the model already names a revision")
-        return f"{model}@{revision}"
-    if Path(model).expanduser().is_dir():
-        return str(Path(model).expanduser() / revision)
-    raise JaxiclError(f"--checkpoints needs --model hf:org/name or a local directory of revisions, got {model!r}")
 
 
 def training_step(revision: str) -> int | None:
@@ -78,6 +50,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def run_checkpoints(config, run_dir: Path, *, force: bool = False, only=None, quiet: bool = False,
                     batch_runs: str = "auto") -> dict:
     """Every revision's grid, in the order given; counts summed over revisions (`run`'s keys)."""
+    run_dir = Path(run_dir)
+    check_config(config, only)
+    with holding(run_dir):
+        return _run_revisions(config, run_dir, force, only, quiet, batch_runs)
+
+
+def _run_revisions(config, run_dir: Path, force: bool, only, quiet: bool, batch_runs: str) -> dict:
+    """`run_checkpoints` once its arguments are checked and its directory is locked."""
     open_run_dir(run_dir, config, force)
     path = run_dir / REVISIONS_FILE
     index = json.loads(path.read_text()) if path.exists() else {"tokenizer": None, "revisions": {}}

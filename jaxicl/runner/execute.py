@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Sequence
@@ -24,14 +23,21 @@ from jaxicl.errors import InputError
 from jaxicl.runner.batched import run_together
 from jaxicl.runner.group import run_group
 from jaxicl.runner.layout import TIMING_FILE
-from jaxicl.runner.plan import Cell, RunConfig, batch_runs_enabled, cells_of, check_config, groups, select_cells
+from jaxicl.runner.lock import holding
+from jaxicl.runner.plan import (
+    Cell,
+    RunConfig,
+    batch_runs_enabled,
+    cells_of,
+    check_config,
+    groups,
+    run_prompts,
+    select_cells,
+    token_wise_bytes,
+)
 from jaxicl.runner.rundir import all_written, open_and_scan
-from jaxicl.runtime import compile_stats, distributed
+from jaxicl.runtime import compile_stats, distributed, memory
 from jaxicl.runtime.stage_clock import StageClock
-
-
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt("SIGTERM")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -67,17 +73,22 @@ def run(
     does so on an accelerator only. Cells equal the one-by-one run's up to
     float rounding (tests/test_experiment.py)."""
     run_dir = Path(run_dir)
-    check_config(config)
     if config.checkpoints:
         raise InputError("a config with checkpoints runs one directory per revision: call "
                          "jaxicl.runner.checkpoints.run_checkpoints (`jaxicl run --checkpoints` does)")
+    check_config(config, only, window=None if lm is None else lm.config.max_positions)
+    with holding(run_dir):
+        return _run_grid(config, run_dir, force, only, lm, quiet, profile_dir, batch_runs)
+
+
+def _run_grid(config: RunConfig, run_dir: Path, force: bool, only, lm, quiet: bool, profile_dir, batch_runs: str) -> dict:
+    """`run` once its arguments are checked and its directory is locked."""
     todo, skipped, recomputed, deferred = _cells_to_run(run_dir, config, force, only)
     tasks = {task.name: task for task in map(get_task, config.tasks)}
     together = batch_runs_enabled(batch_runs)
     if not todo:
         return {"done": 0, "skipped": skipped, "recomputed": recomputed, "deferred": deferred}
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
     done, group, load_s, batched = 0, [], None, {"runs": 0, "evaluations": 0, "seconds": 0.0}
     clock = StageClock()  # every stage of this invocation: wall, device, compile and host seconds
@@ -91,12 +102,14 @@ def run(
         with compile_stats.counting() as compiled:
             lm = lm or load(config.model)
             load_s = time.perf_counter() - t0
+            if config.token_wise:
+                distributed.on_host0(_check_token_wise_memory, lm, config, todo, tasks)
             timing(False)
             quiet = quiet or not distributed.is_writer()
             overall = tqdm(total=len(todo), desc="cells", unit="cell", disable=quiet, position=0)
             ran_together: set[tuple[str, str]] = set()
             for group in groups(todo):
-                if distributed.on_host0(all_written, run_dir, group):  # e.g. by another machine meanwhile
+                if distributed.on_host0(all_written, run_dir, config, group):  # e.g. by another machine meanwhile
                     skipped += len(group)
                     overall.update(len(group))
                     continue
@@ -117,10 +130,21 @@ def run(
     except KeyboardInterrupt as e:
         lost = [cell.name() for cell in group if not (run_dir / cell.relpath()).exists()]
         raise RunInterrupted(done, lost) from e
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     timing(True)
     return {"done": done, "skipped": skipped, "recomputed": recomputed, "deferred": deferred}
+
+
+def _check_token_wise_memory(lm, config: RunConfig, todo: Sequence[Cell], tasks: dict) -> None:
+    """Refuse token-wise records that would not fit in host memory; log the estimate otherwise."""
+    available = memory.available_bytes()
+    for name in dict.fromkeys(c.task for c in todo):
+        first = next(c for c in todo if c.task == name)
+        need, formula = token_wise_bytes(config, lm.config, run_prompts(lm, config, tasks[name], first.seed, first.perm))
+        if available is not None and need > available:
+            raise InputError(f"--token-wise on {name}: its records need about {memory.gib(need)} of host memory "
+                             f"({formula}), more than the {memory.gib(available)} available; lower --n-eval")
+        print(f"jaxicl: token-wise records of {name}: about {memory.gib(need)} of host memory ({formula}; "
+              f"{'unknown' if available is None else memory.gib(available)} available)")
 
 
 def _cells_to_run(run_dir: Path, config: RunConfig, force: bool, only) -> tuple[list[Cell], int, int, int]:
@@ -148,7 +172,8 @@ def _run_group_with_bar(lm, config: RunConfig, run_dir: Path, task, group: Seque
                         quiet: bool, profile_dir: str | os.PathLike | None) -> None:
     """One group under its own progress bar, traced by the JAX profiler when `profile_dir` is set."""
     desc = f"{group[0].task}/{group[0].variant} seed {group[0].seed}"
-    with tqdm(total=4 + 2 * len(group), desc=desc, leave=False, disable=quiet, position=1) as bar:
+    steps = 4 + (3 if config.stability_check else 2) * len(group)  # prompts, zero-shot, ICL; each cell's stages
+    with tqdm(total=steps, desc=desc, leave=False, disable=quiet, position=1) as bar:
 
         def progress(msg):
             bar.set_postfix_str(msg)

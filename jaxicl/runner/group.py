@@ -11,7 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-from jaxicl.analyses import controls, order
+from jaxicl.analyses import controls, order, stability
+from jaxicl.analyses.stability import STABILITY
 from jaxicl.data.prompts import PromptSet, relabel
 from jaxicl.data.tasks import get_task
 from jaxicl.engine import metrics, transforms
@@ -110,6 +111,17 @@ def _order_record(lm, config: RunConfig, run_dir: Path, task, cell: Cell, prompt
     }  # fmt: skip
 
 
+def _finetune(lm, config: RunConfig, run_dir: Path, cell: Cell, plan: _Plan, params: dict, options, name: str):
+    """A cell's finetuning (restored from its checkpoint when saved): `name` tells a control's or the
+    stability check's finetuning apart from the cell's own."""
+    result, _ = finetune_cached(
+        checkpoint_dir(run_dir, cell, name), params, lm.config, plan.prompts.ft_sequences, options,
+        label_starts=plan.prompts.ft_label_starts, base=finetune_base(config, cell),
+        demo_names=[f"dataset index {i}" for i in plan.prompts.demo_indices],
+    )  # fmt: skip
+    return result
+
+
 def _cell_record(config: RunConfig, cell: Cell, plan: _Plan, prompts: PromptSet, evals: dict[str, EvalResult],
                  values: dict, result) -> dict:
     """The results file of one cell: its coordinates and settings, the zero-shot, ICL and finetuned
@@ -173,17 +185,21 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
             continue
         plan = _plan(lm, config, run_dir, task, cell, prompts, icl, ev)
         stage = cell.method if cell.kind is None else f"{cell.method}_{plan.name}"
+        options_ft = finetune_options(config, plan.task, cell.method)
         step(f"{stage} finetune")
         with watch(f"finetune_{stage}"):
-            result, _ = finetune_cached(
-                checkpoint_dir(run_dir, cell, plan.name), params, lm.config, plan.prompts.ft_sequences,
-                finetune_options(config, plan.task, cell.method), label_starts=plan.prompts.ft_label_starts,
-                base=finetune_base(config, cell), demo_names=[f"dataset index {i}" for i in plan.prompts.demo_indices],
-            )  # fmt: skip
+            result = _finetune(lm, config, run_dir, cell, plan, params, options_ft, plan.name)
         step(f"{stage} evaluate")
         with watch(f"ftzs_{stage}"):
             ft, _ = cached_eval(run_dir / EVALS / group_dir / f"{cell.method}{plan.suffix}-ft.npz",
                                 ev(prompts.zs_prefix_ids, result.params), options.records)
+        perturbed = again = None
+        if config.stability_check and cell.kind is None:
+            step(f"{stage} stability check")
+            with watch(f"stability_{stage}"):  # the same finetuning and scoring, other rounding
+                again = _finetune(lm, config, run_dir, cell, plan, params, stability.perturbed(options_ft), STABILITY)
+                perturbed, _ = cached_eval(run_dir / EVALS / group_dir / f"{cell.method}-ft-{STABILITY}.npz",
+                                           ev(prompts.zs_prefix_ids, again.params), options.records)
         if not distributed.is_writer():  # the others only joined the collectives
             continue
         if cell.kind is None:
@@ -193,6 +209,10 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
             if config.token_wise and metrics.TOKENWISE_KEY not in values["scalar"]:
                 raise JaxiclError(f"{cell.name()}: token-wise SimAOU was asked for but a record of it is missing")
         record = _cell_record(config, cell, plan, prompts, {"zs": zs, "icl": plan.icl, "ft": ft}, values, result)
+        if perturbed is not None:
+            again_values = metrics.all_metrics(zs, plan.icl, perturbed, gold=gold, seed=config.metric_seed)
+            record["stability"] = stability.difference(values, again_values, ft.accuracy(gold), perturbed.accuracy(gold),
+                                                        options_ft, stability.run_difference(result, again))
         # α needs GD's finetuned records: from this group, else from the cache (a resumed group
         # or an `only` slice that ran GD earlier)
         gd_ft = ft_results.get("gd") or load_eval(run_dir / EVALS / group_dir / "gd-ft.npz")

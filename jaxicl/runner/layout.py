@@ -18,6 +18,7 @@ RUN_FILE = "run.json"
 PROVENANCE_FILE = "provenance.json"
 TIMING_FILE = "timing.json"
 REVISIONS_FILE = "revisions.json"
+LOCK_FILE = ".jaxicl.lock"  # the one writer's PID, host, start time and command (runner/lock.py)
 SELECTION_FILE = "lr_selection.json"  # `jaxicl tune`'s choice of learning rates
 CELLS, CONTROLS, ORDER_DIR, SECONDS = "cells", "controls", "order", "seconds"
 EVALS, CHECKPOINTS, REVISIONS = "evals", "checkpoints", "revisions"

@@ -20,15 +20,18 @@ from jaxicl.data.tasks import PAPER_TASKS, get_task
 from jaxicl.engine.finetune import METHODS as OBJECTIVES
 from jaxicl.engine.finetune import FinetuneOptions, Objective
 from jaxicl.engine.scoring import RECORD_TAPS, EvalOptions
-from jaxicl.errors import JaxiclError
+from jaxicl.errors import InputError
 from jaxicl.io.registry import DEFAULT_MODEL
 from jaxicl.models.transformer import EVERY_POSITION
+from jaxicl.runner import checks
 from jaxicl.runner.layout import CELLS, CONTROLS, ORDER_DIR, cell_file, run_name
 
 METHODS = tuple(OBJECTIVES)  # ("gd", "lcgd")
 CELL_KEYS = ("task", "variant", "method", "seed", "perm", "accuracy", "per_layer", "scalar")
 ORDER = "order"  # the order-sensitivity cell of a run (jaxicl/analyses/order.py)
 ORDER_KEYS = ("task", "variant", "seed", "perm", "permutations", "methods")
+PROBES = ("label", "last")
+LOSS_TOKENS = ("all", "label")
 TOKEN_RECORD = "attn_out" + EVERY_POSITION  # attn_out at every query token (--token-wise)
 
 
@@ -61,21 +64,29 @@ class RunConfig:
     revision: str | None = None  # set by revisions.py in each revision's own run directory
     controls: tuple[str, ...] = ()  # task-specificity controls (jaxicl/analyses/controls.py), GD only
     cross_task: tuple[tuple[str, str], ...] | None = None  # (A, B): A's cross-task partner; default next task
+    stability_check: bool = False  # refinetune each cell with other rounding and record how far its metrics move
 
     def eval_options(self) -> EvalOptions:
         """The evaluation settings of every zero-shot, ICL and finetuned scoring of the run."""
         records = RECORD_TAPS + ((TOKEN_RECORD,) if self.token_wise else ())
         return EvalOptions(batch_size=self.batch_size, probe=self.probe, records=records)
 
+    def cell_keys(self, cell: "Cell") -> tuple[str, ...]:
+        """What a complete results file of `cell` holds under this config (an incomplete one is
+        recomputed): a stability check adds its record to the real cells."""
+        extra = ("stability",) if self.stability_check and cell.kind is None else ()
+        return cell.required_keys + extra
+
     def learning_rate(self, task) -> tuple[float, str]:
         """(rate, origin) of a task's finetuning: the paper's, or the one `--lrs` gave."""
         if self.lrs is None:
             if task.lr is None:
-                raise JaxiclError(f"task {task.name} has no learning rate; add 'lr' to its spec or pass --lrs")
+                raise InputError(f"task {task.name} has no learning rate; add 'lr' to its spec or pass --lrs")
             return task.lr, "paper"
         rates = dict(self.lrs)
         if task.name not in rates:
-            raise JaxiclError(f"the learning rates from {self.lrs_source} have none for task {task.name}")
+            raise InputError(f"--lrs: the learning rates from {self.lrs_source} have none for task {task.name}")
+        checks.check_rate(rates[task.name], f"for task {task.name} (--lrs {self.lrs_source})")
         return rates[task.name], str(self.lrs_source)
 
     def to_json(self) -> dict[str, Any]:
@@ -113,11 +124,31 @@ class Cell:
         return f"{self.task}/{self.variant}/{self.method}{kind} seed {self.seed} perm {self.perm}"
 
 
-def check_config(config: RunConfig) -> None:
-    """Refuse a config whose tasks, controls or order permutations cannot run, before any work."""
-    task_names = [get_task(name).name for name in config.tasks]
-    controls.check_controls(config.controls, task_names, config.cross_task, config.methods)
+def check_config(config: RunConfig, only: dict[str, Sequence[str]] | None = None, window: int | None = None) -> None:
+    """Every setting of a run, and the slice `only`, checked before a model loads or a file is
+    written (the runner/checks module says what each check allows). window: the context window of
+    a model loaded already (else read from its checkpoint when --max-len needs it)."""
+    tasks = checks.check_tasks(config.tasks)
+    checks.check_runs(config.runs, config.n_runs)
+    checks.check_methods(config.methods)
+    checks.check_variants(config.variants)
+    checks.check_count("--k", config.k, minimum=0, allow_none=False)
+    checks.check_count("--n-eval", config.n_eval)
+    checks.check_batch_size(config.batch_size)
+    for flag, value, allowed in (("--probe", config.probe, PROBES), ("--loss-tokens", config.loss_tokens, LOSS_TOKENS),
+                                 ("layer_reduction", config.layer_reduction, ("sum", "mean")),
+                                 ("lcgd_readout", config.lcgd_readout, ("block", "attn"))):  # fmt: skip
+        checks.check_choices(flag, (value,), allowed)
+    for task in tasks:
+        config.learning_rate(task)  # a rate for every task: its own, or --lrs's
+    controls.check_controls(config.controls, [t.name for t in tasks], config.cross_task, config.methods)
     order.check_permutations(config.order_permutations)
+    checks.check_checkpoints(config.model, config.checkpoints)
+    checks.check_data(tasks, config.data_dir, config.k)
+    if only:
+        select_cells([], only, grid=cells_of(config))
+    first = checks.revision_source(config.model, config.checkpoints[0]) if config.checkpoints else config.model
+    checks.check_model_and_window(first, config.max_len, window)
 
 
 def cells_of(config: RunConfig) -> list[Cell]:
@@ -155,7 +186,7 @@ def parse_only(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or key not in SELECT_KEYS or not values:
-            raise JaxiclError(f"--only takes KEY=V1,V2 with KEY one of {', '.join(SELECT_KEYS)}; got {item!r}")
+            raise InputError(f"--only takes KEY=V1,V2 with KEY one of {', '.join(SELECT_KEYS)}; got {item!r}")
         only[key] = only.get(key, ()) + tuple(v for v in values.split(",") if v)
     return only
 
@@ -165,11 +196,11 @@ def select_cells(cells: Sequence[Cell], only: dict[str, Sequence[str]], grid: Se
     error, so a typo never silently selects nothing."""
     for key, values in only.items():
         if key not in SELECT_KEYS:
-            raise JaxiclError(f"cannot select cells by {key!r}; use one of {', '.join(SELECT_KEYS)}")
+            raise InputError(f"cannot select cells by {key!r}; use one of {', '.join(SELECT_KEYS)}")
         present = {str(getattr(c, key)) for c in grid}
         unknown = [str(v) for v in values if str(v) not in present]
         if unknown:
-            raise JaxiclError(f"--only {key}={','.join(unknown)} matches no cell of this config's grid "
+            raise InputError(f"--only {key}={','.join(unknown)} matches no cell of this config's grid "
                               f"(its {key}s: {', '.join(sorted(present))})")
     return [c for c in cells if all(str(getattr(c, k)) in {str(v) for v in vs} for k, vs in only.items())]
 
@@ -180,6 +211,16 @@ def run_prompts(lm, config: RunConfig, task, seed: int, perm: int) -> PromptSet:
         task, lm.tokenizer, seed=seed, perm=perm, k=config.k, n_eval=config.n_eval,
         max_len=config.max_len or lm.config.max_positions, separator=config.separator, data_dir=config.data_dir,
     )  # fmt: skip
+
+
+def token_wise_bytes(config: RunConfig, model_config, prompts: PromptSet) -> tuple[int, str]:
+    """(bytes, formula) of the host memory one group's token-wise records take: n_eval x layers x
+    d_model x query tokens x 4 bytes for each evaluation held at once (zero-shot, ICL, and each
+    method's finetuned model, twice with --stability-check)."""
+    q = max(len(ids) for ids in prompts.query_ids)
+    held = 2 + len(config.methods) * (2 if config.stability_check else 1)
+    n, layers, d = prompts.n_eval, model_config.n_layers, model_config.d_model
+    return n * layers * d * q * 4 * held, f"{n} x {layers} layers x {d} x {q} query tokens x 4 bytes x {held}"
 
 
 def finetune_options(config: RunConfig, task, method: str):
@@ -198,5 +239,5 @@ def batch_runs_enabled(batch_runs: str) -> bool:
     """`--batch-runs`: "auto" batches on an accelerator only (on a 2-core CPU one task's grid ran
     slower batched than one by one: experiments/bench_grid.py, docs/benchmarks.md)."""
     if batch_runs not in BATCH_RUNS:
-        raise JaxiclError(f"--batch-runs must be one of {', '.join(BATCH_RUNS)}; got {batch_runs!r}")
+        raise InputError(f"--batch-runs must be one of {', '.join(BATCH_RUNS)}; got {batch_runs!r}")
     return batch_runs == "on" or (batch_runs == "auto" and jax.default_backend() != "cpu")

@@ -17,15 +17,15 @@ progress and never leaves a partial file. Several processes: process 0 alone rea
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from jaxicl.engine.scoring import EvalResult
+from jaxicl.io.atomic import write_bytes_atomic
 from jaxicl.io.results import machine, versions, write_config, write_json_atomic
 from jaxicl.runner.layout import CHECKPOINTS, PROVENANCE_FILE, RUN_FILE, cell_file, run_name
 from jaxicl.runner.plan import CELL_KEYS, Cell, RunConfig, cells_of
@@ -54,15 +54,9 @@ def read_cell(path: Path, keys: Sequence[str] = CELL_KEYS) -> tuple[dict | None,
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def eval_arrays(result: EvalResult) -> dict[str, np.ndarray]:
@@ -127,7 +121,7 @@ def open_and_scan(run_dir: Path, config: RunConfig, force: bool) -> tuple[list[C
         found, problem = read_cell(run_dir / cell.relpath(), cell.required_keys)
         if problem:
             corrupt.append(problem)
-        if found is None:
+        if found is None or not set(config.cell_keys(cell)) <= set(found):  # e.g. no stability record yet
             todo.append(cell)
         else:
             skipped += 1
@@ -136,5 +130,6 @@ def open_and_scan(run_dir: Path, config: RunConfig, force: bool) -> tuple[list[C
     return todo, skipped, len(corrupt)
 
 
-def all_written(run_dir: Path, cells: Sequence[Cell]) -> bool:
-    return all(read_cell(run_dir / cell.relpath(), cell.required_keys)[0] is not None for cell in cells)
+def all_written(run_dir: Path, config: RunConfig, cells: Sequence[Cell]) -> bool:
+    """Whether every cell's file is complete under `config` (e.g. written meanwhile by another machine)."""
+    return all(read_cell(run_dir / cell.relpath(), config.cell_keys(cell))[0] is not None for cell in cells)

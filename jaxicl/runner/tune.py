@@ -34,14 +34,17 @@ import numpy as np
 
 from jaxicl.api import load
 from jaxicl.data.prompts import encode_queries
-from jaxicl.data.tasks import PAPER_TASKS, get_task, hf_shuffle_indices, load_split, select_eval
+from jaxicl.data.tasks import PAPER_TASKS, hf_shuffle_indices, load_split, select_eval
 from jaxicl.engine import finetune as F
 from jaxicl.engine.scoring import EvalOptions, evaluate, evaluate_many
-from jaxicl.errors import DataError, DivergenceError, JaxiclError, TrainingError
+from jaxicl.errors import DataError, DivergenceError, InputError, JaxiclError, TrainingError
 from jaxicl.io.registry import DEFAULT_MODEL
 from jaxicl.io.results import write_config, write_json_atomic
+from jaxicl.runner import checks
+from jaxicl.runner.checks import check_rate
 from jaxicl.runner.layout import SELECTION_FILE
-from jaxicl.runner.plan import METHODS, RunConfig, batch_runs_enabled, finetune_options, run_prompts
+from jaxicl.runner.lock import holding
+from jaxicl.runner.plan import LOSS_TOKENS, METHODS, RunConfig, batch_runs_enabled, finetune_options, run_prompts
 
 DAI_GRID = tuple(float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in range(1, 10))
 SELECTION_SEED = 20231113  # the train-split shuffle of the selection set (the paper's arXiv date)
@@ -71,31 +74,26 @@ class TuneConfig:
         check_grid(self.grid)
         object.__setattr__(self, "grid", tuple(sorted(float(r) for r in self.grid)))
         if self.search not in SEARCHES:
-            raise JaxiclError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
+            raise InputError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
         if self.select_on not in ("selection", "eval"):
-            raise JaxiclError(f"select_on must be 'selection' or 'eval', got {self.select_on!r}")
+            raise InputError(f"select_on must be 'selection' or 'eval', got {self.select_on!r}")
         if self.method not in METHODS:
-            raise JaxiclError(f"method must be 'gd' or 'lcgd', got {self.method!r}")
+            raise InputError(f"method must be 'gd' or 'lcgd', got {self.method!r}")
         if self.selection_size < 1:
-            raise JaxiclError(f"selection_size must be >= 1, got {self.selection_size}")
+            raise InputError(f"selection_size must be >= 1, got {self.selection_size}")
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def check_rate(rate, where: str) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-        raise JaxiclError(f"learning rate {rate!r} {where} is not a positive finite number")
-
-
 def check_grid(grid: Sequence[float]) -> None:
     """Refuse a learning-rate grid with a non-positive or non-finite rate, or none at all."""
     if not len(grid):
-        raise JaxiclError("the learning-rate grid is empty")
+        raise InputError("the learning-rate grid is empty")
     for rate in grid:
         check_rate(rate, "in the grid")
     if len(set(grid)) != len(grid):
-        raise JaxiclError("the learning-rate grid repeats a rate")
+        raise InputError("the learning-rate grid repeats a rate")
 
 
 # --- the selection rule ---------------------------------------------------------------------------
@@ -377,8 +375,27 @@ def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs:
     """Select a learning rate per task; writes RUN_DIR/lr_selection.json after each task ("complete":
     false until the last) and returns its content."""
     run_dir = Path(run_dir)
-    tasks = [get_task(name) for name in config.tasks]
+    tasks = check_tune(config, window=None if lm is None else lm.config.max_positions)
     together = batch_runs_enabled(batch_runs)
+    with holding(run_dir):
+        return _tune_tasks(config, run_dir, tasks, lm, together, force)
+
+
+def check_tune(config: TuneConfig, window: int | None = None) -> list:
+    """Every setting of a tune that its config does not check itself, before a model loads or a
+    file is written; returns the tasks. window: that of a model loaded already."""
+    tasks = checks.check_tasks(config.tasks)
+    checks.check_count("--n-runs", config.n_runs)
+    checks.check_count("--k", config.k, minimum=0, allow_none=False)
+    checks.check_batch_size(config.batch_size)
+    checks.check_choices("--loss-tokens", (config.loss_tokens,), LOSS_TOKENS)
+    checks.check_data(tasks, config.data_dir, config.k)
+    checks.check_model_and_window(config.model, config.max_len, window)
+    return tasks
+
+
+def _tune_tasks(config: TuneConfig, run_dir: Path, tasks: list, lm, together: bool, force: bool) -> dict:
+    """`tune` once its arguments are checked and its directory is locked."""
     open_tune_dir(run_dir, config, force)
     start = time.perf_counter()
     lm = lm or load(config.model)
@@ -404,25 +421,25 @@ def rates_for(source: str, tasks: Sequence[str], run_dir: str | os.PathLike | No
         return None
     if source == "selected":
         if run_dir is None:
-            raise JaxiclError("--lrs selected needs the run directory that holds lr_selection.json")
+            raise InputError("--lrs selected needs the run directory that holds lr_selection.json")
         path = Path(run_dir) / SELECTION_FILE
         if not path.exists():
-            raise JaxiclError(f"--lrs selected: {path} does not exist; run `jaxicl tune --out {run_dir}` first")
+            raise InputError(f"--lrs selected: {path} does not exist; run `jaxicl tune --out {run_dir}` first")
     else:
         path = Path(source)
         if not path.suffix == ".json" or not path.exists():
-            raise JaxiclError(f"--lrs must be 'paper', 'selected' or an existing .json file; got {source!r}")
+            raise InputError(f"--lrs must be 'paper', 'selected' or an existing .json file; got {source!r}")
     try:
         data = json.loads(path.read_text())
     except ValueError as e:
-        raise JaxiclError(f"--lrs {path}: not valid JSON ({e})") from e
+        raise InputError(f"--lrs {path}: not valid JSON ({e})") from e
     if isinstance(data, dict) and "tasks" in data:
         data = {name: entry["chosen"]["lr"] for name, entry in data["tasks"].items()}
     if not isinstance(data, dict):
-        raise JaxiclError(f"--lrs {path}: expected a tune's lr_selection.json or a {{task: rate}} object")
+        raise InputError(f"--lrs {path}: expected a tune's lr_selection.json or a {{task: rate}} object")
     missing = [t for t in tasks if t not in data]
     if missing:
-        raise JaxiclError(f"--lrs {path} has no learning rate for task {', '.join(missing)}")
+        raise InputError(f"--lrs {path} has no learning rate for task {', '.join(missing)}")
     for t in tasks:
         check_rate(data[t], f"for task {t} in {path}")
     return {t: float(data[t]) for t in tasks}

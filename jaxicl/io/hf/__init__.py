@@ -15,7 +15,7 @@ The modules, in the order a load runs them:
 """
 
 from jaxicl.io.hf.config import ACTIVATIONS, CONVERTERS, config_from_hf, convert_config
-from jaxicl.io.hf.directory import load_hf_dir
+from jaxicl.io.hf.directory import load_hf_dir, read_hf_config
 from jaxicl.io.hf.layout import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TOKENIZER_FILES
 from jaxicl.io.hf.settings import HF_DEFAULTS, MODEL_TYPES, Settings, family_settings
 from jaxicl.io.hf.tokenizer import MissingTokenizer, load_tokenizer
@@ -53,6 +53,7 @@ __all__ = [
     "convert_config",
     "family_settings",
     "load_hf_dir",
+    "read_hf_config",
     "load_tokenizer",
     "read_params",
     "weight_map",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxicl.errors import ModelNotFoundError
-from jaxicl.io.hf.config import convert_config
+from jaxicl.io.hf.config import config_from_hf, convert_config
 from jaxicl.io.hf.layout import CONFIG_FILE, read_json
 from jaxicl.io.hf.settings import family_settings
 from jaxicl.io.hf.tokenizer import load_tokenizer
@@ -22,6 +22,12 @@ def _model_dir(path: str | Path) -> Path:
     if not (root / CONFIG_FILE).is_file():
         raise ModelNotFoundError(f"{root}: not a Hugging Face model directory (no {CONFIG_FILE})")
     return root
+
+
+def read_hf_config(path: str | Path) -> ModelConfig:
+    """The config of a Hugging Face directory from its config.json alone."""
+    config_path = _model_dir(path) / CONFIG_FILE
+    return config_from_hf(read_json(config_path), str(config_path))
 
 
 def load_hf_dir(path: str | Path) -> tuple[ModelConfig, dict, Tokenizer]:
