@@ -4,6 +4,7 @@
     eval     zero-shot and ICL accuracy on a task
     run      the paper's protocol over a grid of cells, resumable
     tune     learning-rate selection, resumable
+    study    the protocol on several models and their claims side by side
     models   the registry names and supported families
     report   tables and figures of a run directory
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxicl.cli import evaluate, models, probs, report, run, tune
+from jaxicl.cli import evaluate, models, probs, report, run, study, tune
 from jaxicl.cli.args import default_compile_cache  # noqa: F401  (part of the command's Python face)
 from jaxicl.cli.probs import label_logprobs  # noqa: F401
 from jaxicl.errors import JaxiclError
 
-SUBCOMMANDS = (probs, evaluate, run, tune, models, report)
+SUBCOMMANDS = (probs, evaluate, run, tune, study, models, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

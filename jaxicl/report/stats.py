@@ -81,19 +81,26 @@ CONFIDENCE = 0.95
 
 def hierarchical_bootstrap(runs: Sequence[Sequence[float]], *, n_resamples: int = BOOTSTRAP_RESAMPLES,
                            seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile interval of the mean over runs of each run's mean over its examples.
+    """Percentile interval of the mean over runs of each run's mean over its examples (the resampled
+    means are `bootstrap_means`'). Seeded: the same values give the same interval."""
+    return percentile_interval(bootstrap_means(runs, n_resamples=n_resamples, seed=seed), confidence)
+
+
+def bootstrap_means(runs: Sequence[Sequence[float]], *, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """[n_resamples] resampled means over runs of each run's mean over its examples.
 
     Each resample draws as many runs as there are, with replacement, then, for each drawn run
     independently (a run drawn twice gets two draws), as many of its examples as it has, with
     replacement. A run given as one value (a cell without per-example values) is resampled at the
-    run level only. Seeded: the same values give the same interval."""
+    run level only."""
     arrays = [np.asarray(r, np.float64) for r in runs]
     if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
         raise ValueError("the bootstrap needs at least one run, each with at least one value")
     if not all(np.all(np.isfinite(a)) for a in arrays):
         raise ValueError("the bootstrap got a non-finite value")
-    if n_resamples < 1 or not 0.0 < confidence < 1.0:
-        raise ValueError(f"n_resamples must be >= 1 and confidence in (0, 1), got {n_resamples}, {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     rng = np.random.default_rng(seed)
     n_runs = len(arrays)
     drawn = rng.integers(0, n_runs, size=(n_resamples, n_runs))  # [resample, slot] -> run
@@ -104,7 +111,13 @@ def hierarchical_bootstrap(runs: Sequence[Sequence[float]], *, n_resamples: int 
             if rows.size:
                 examples = rng.integers(0, values.size, size=(rows.size, values.size))
                 run_means[rows, slot] = values[examples].mean(axis=1)
-    means = run_means.mean(axis=1)
+    return run_means.mean(axis=1)
+
+
+def percentile_interval(means: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The central `confidence` interval of resampled means."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)

@@ -1,0 +1,79 @@
+"""`jaxicl study` end to end on two tiny models and one that does not load: the tune, the grid task
+by task, each model's report, the cross-model summary, an interrupt and the resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from jaxicl import cli  # noqa: E402
+from jaxicl.report.models import Verdict, task_average  # noqa: E402
+from jaxicl.studies import models as study_module  # noqa: E402
+from tests.test_experiment import task_spec  # noqa: E402,F401  (fixture)
+from tests.test_hf_parity import _save_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    paths = []
+    for family in ("gemma3", "gpt2"):
+        path = tmp_path_factory.mktemp(family)
+        _save_tiny(family, path)
+        paths.append(str(path))
+    return paths
+
+
+def test_a_verdict_reads_its_interval():
+    import numpy as np
+
+    mean, ci, holding = task_average({"a": [np.array([0.2, 0.3]), np.array([0.25])], "b": [np.array([0.1])]})
+    assert mean == pytest.approx((0.25 + 0.1) / 2) and ci[0] <= mean <= ci[1] and holding == 2
+    assert Verdict(0.1, (0.05, 0.2), 2, 2).word == "holds" and Verdict(-0.1, (-0.2, -0.01), 0, 2).word == "does not"
+    assert Verdict(0.01, (-0.02, 0.04), 1, 2).text() == "mixed: +0.010 [-0.020, +0.040], 1/2 tasks"
+
+
+@pytest.mark.slow  # two tiny models tuned and run twice (interrupted, then resumed)
+def test_study_runs_every_model_skips_one_that_does_not_load_and_resumes(tiny_models, task_spec, tmp_path,
+                                                                       monkeypatch, capsys):
+    models = [tiny_models[0], str(tmp_path / "no-such-model"), tiny_models[1]]
+    argv = ["study", "--models", ",".join(models), "--tasks", task_spec, "--n-runs", "1", "--search", "full",
+            "--grid", "0.01,0.05", "--k", "4", "--n-eval", "6", "--batch-size", "4", "--out", str(tmp_path / "out"),
+            "--publish", str(tmp_path / "published"), "--compile-cache", "off"]  # fmt: skip
+    real_run, calls = study_module.run, []
+
+    def interrupted(*args, **kwargs):  # the second model's first grid slice is cut off
+        calls.append(kwargs["only"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "run", interrupted)
+    assert cli.main(argv) == 130
+    first = tmp_path / "out" / study_module.model_dir(tmp_path, tiny_models[0]).name / "grid" / "cells"
+    done_before = {p: p.stat().st_mtime_ns for p in first.rglob("*.json")}
+    assert len(done_before) == 4  # the first model's trained GD/LCGD and untrained GD cells
+    monkeypatch.setattr(study_module, "run", real_run)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no-such-model: failed (does not load:" in out
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*.json")} == done_before  # not recomputed
+    summary = (tmp_path / "published" / "README.md").read_text()
+    names = [m for m in models if "no-such" not in m]
+    header = next(line for line in summary.splitlines() if line.startswith("| claim"))
+    assert all(name in header for name in names)
+    assert "LCGD > GD on SimAM_Δ" in summary and "was skipped: does not load" in summary
+    with open(tmp_path / "published" / "claims.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 5 and {r["verdict"] for r in rows} <= {"holds", "does not", "mixed"}
+    assert (tmp_path / "published" / "models.png").stat().st_size > 1000
+    for name in names:
+        published = tmp_path / "published" / study_module.model_dir(tmp_path, name).name
+        assert published.parent == tmp_path / "published"
+        assert (published / "lr_selection.json").is_file() and (published / "report" / "cells.csv").is_file()
+        record = json.loads((tmp_path / "out" / study_module.model_dir(tmp_path, name).name / "study.json").read_text())
+        assert record["status"] == "done" and record["seconds"]["tune"] > 0 and record["seconds"]["trained"] > 0
