@@ -139,3 +139,16 @@ def test_a_malformed_stability_record_is_refused(run_dir):
     md = write_report(run_dir).read_text()
     assert "stability.scalar.simaou must be a finite number >= 0" in md
     assert cell_path(run_dir, cell).exists()
+
+
+def test_checked_cells_that_did_not_move_are_said_so(run_dir):
+    from jaxicl.report import write_report
+    from tests.test_report import RUNS, cell_path, make_cell, section, write_cell
+
+    for seed, perm in RUNS:
+        for method in ("gd", "lcgd"):
+            path = cell_path(run_dir, make_cell("sst2", "trained", method, seed, perm))
+            write_cell(run_dir, _stable(json.loads(path.read_text())))
+    md = write_report(run_dir).read_text()
+    assert "No entry moved by more than 0.01 when its cells were finetuned again" in section(md, "## Table 2")
+    assert "†" not in md and "| Trained | GD | 0.001 | 3 | 0 | 1.0e-03 |" in section(md, "## Uncertainty")

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from jaxicl.analyses.stability import UNSTABLE
 from jaxicl.report.cells import Cell
-from jaxicl.report.fmt import fmt_num, md_table, variant_label
+from jaxicl.report.fmt import md_table, variant_label
 from jaxicl.report.names import METHOD_LABELS, METRIC_LABELS, TABLE_METRICS
 
 MARK = "†"
@@ -53,6 +53,10 @@ def table_note(counts: dict[Key, tuple[int, int]]) -> list[str]:
     """The line under Table 1 or 2 that explains the mark."""
     if not counts:
         return []
+    if not any(unstable for unstable, _ in counts.values()):
+        checked = max(n for _, n in counts.values())
+        return [f"No entry moved by more than {UNSTABLE} when its cells were finetuned again with other float "
+                f"rounding (`--stability-check`, up to {checked} cells an entry); see the uncertainty section."]
     return [f"{MARK}: at least one of the entry's cells moved by more than {UNSTABLE} when finetuned again with "
             "other float rounding (`--stability-check`); see the uncertainty section."]
 
@@ -72,7 +76,7 @@ def stability_lines(cells: Sequence[Cell]) -> list[str]:
     for (variant, method, lr), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
         unstable = sum(max(c.stability.values()) > UNSTABLE for c in group)
         rows.append([variant_label(variant), METHOD_LABELS[method], "—" if lr is None else f"{lr:g}", str(len(group)),
-                     str(unstable), *(fmt_num(max(c.stability[m] for c in group), 3) for m in TABLE_METRICS)])  # fmt: skip
+                     str(unstable), *(f"{max(c.stability[m] for c in group):.1e}" for m in TABLE_METRICS)])  # fmt: skip
     n_unstable = sum(max(c.stability.values()) > UNSTABLE for c in checked)
     return ["", f"Numerical stability (`--stability-check`): {len(checked)} of {len(cells)} cells were finetuned "
             f"again with the demonstrations padded to another length (the same maths, other float rounding); "
