@@ -64,7 +64,8 @@ RUN = [  # (extra arguments, the message's words)
     (["--only", "method=sgd"], "--only method=sgd matches no cell of this config's grid (its methods: gd, lcgd)"),
     (["--only", "colour=red"], "--only takes KEY=V1,V2 with KEY one of task, variant, method, seed, perm"),
     (["--data-dir", "@empty"], "missing split file"),
-    (["--model", "no-such-model"], "--model 'no-such-model' is neither a registry name (gemma3-270m, smollm2-135m)"),
+    (["--model", "no-such-model"], "--model 'no-such-model' is neither a registry name (gemma3-270m, smollm2-135m, "
+                                   "qwen2.5-coder-0.5b)"),
 ]
 TUNE = [
     (["--tasks", "nosuch"], "unknown task 'nosuch'"),

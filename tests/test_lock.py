@@ -21,8 +21,9 @@ from jaxicl.runner.layout import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 HOLDER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from jaxicl.runner.lock import holding
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal (a background CI job ignores it)
     with holding(sys.argv[1], command="jaxicl run --out test"):
         print("holding", flush=True)
         time.sleep(120)
