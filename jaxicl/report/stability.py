@@ -80,5 +80,5 @@ def stability_lines(cells: Sequence[Cell]) -> list[str]:
     n_unstable = sum(max(c.stability.values()) > UNSTABLE for c in checked)
     return ["", f"Numerical stability (`--stability-check`): {len(checked)} of {len(cells)} cells were finetuned "
             f"again with the demonstrations padded to another length (the same maths, other float rounding); "
-            f"{n_unstable} moved by more than {UNSTABLE} on a Tables 1-2 metric and are marked {MARK} there.",
+            f"{n_unstable} moved by more than {UNSTABLE} on a Tables 1-2 metric (marked {MARK} there).",
             ""] + md_table(header, rows)  # fmt: skip
