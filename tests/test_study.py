@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("torch")
 
 from jaxicl import cli  # noqa: E402
+from jaxicl.errors import InputError  # noqa: E402
 from jaxicl.report.models import Verdict, task_average  # noqa: E402
 from jaxicl.studies import models as study_module  # noqa: E402
 from tests.test_experiment import task_spec  # noqa: E402,F401  (fixture)
@@ -77,3 +78,21 @@ def test_study_runs_every_model_skips_one_that_does_not_load_and_resumes(tiny_mo
         assert (published / "lr_selection.json").is_file() and (published / "report" / "cells.csv").is_file()
         record = json.loads((tmp_path / "out" / study_module.model_dir(tmp_path, name).name / "study.json").read_text())
         assert record["status"] == "done" and record["seconds"]["tune"] > 0 and record["seconds"]["trained"] > 0
+
+
+def test_an_adopted_selection_of_the_same_config_replaces_the_tune(tmp_path, monkeypatch):
+    config = study_module.StudyConfig(models=("m",), tasks=("sst2",), grid=(0.01, 0.05))
+    theirs = {"config": config.tune_config("m").to_json(), "complete": True,
+              "tasks": {"sst2": {"chosen": {"lr": 0.05}}}}  # fmt: skip
+    adopted = tmp_path / "lr_selection_unimodal_gd.json"
+    adopted.write_text(json.dumps(theirs))
+    monkeypatch.setattr(study_module, "tune", lambda *a, **k: pytest.fail("tuned although a selection was adopted"))
+    rates = study_module._selected_rates(config, "m", tmp_path / "tune", None, {}, [adopted])
+    assert rates == {"sst2": 0.05} and json.loads((tmp_path / "tune" / "lr_selection.json").read_text()) == theirs
+    other = study_module.StudyConfig(models=("m",), tasks=("sst2",), grid=(0.01, 0.02))
+    calls = []
+    monkeypatch.setattr(study_module, "tune", lambda *a, **k: calls.append(a))
+    with pytest.raises(InputError, match="an existing .json file"):  # another config: the tune runs (a stand-in
+        # that writes no selection here)
+        study_module._selected_rates(other, "m", tmp_path / "tune2", None, {}, [adopted])
+    assert len(calls) == 1

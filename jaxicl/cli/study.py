@@ -45,8 +45,9 @@ def add(sub) -> None:
     add_data(parser)
     add_run_dir(parser, out_help="the study directory: one resumable directory per model",
                 batch_runs_help="the batched engine for the tunes and grids (auto: on an accelerator only)")
-    parser.add_argument("--adopt", action="append", default=[], metavar="RUN_DIR",
-                        help="reuse this earlier run's cells where model, rate and settings match (repeatable)")
+    parser.add_argument("--adopt", action="append", default=[], metavar="RUN_DIR|SELECTION.json",
+                        help="reuse an earlier run's cells where model, rate and settings match, or a complete "
+                        "lr_selection.json of the same tune config (repeatable)")
     parser.add_argument("--publish", default=None, metavar="DIR",
                         help="write the summary here with each model's selection and report beside it "
                         "(default: OUT/summary, summary only)")

@@ -4,7 +4,8 @@ Per model, in its own resumable directory OUT/<model>/: the learning rates (`jax
 coarse-to-unimodal search by default), then one run directory `grid/` at the selected rates holding
 the trained model's GD and LCGD cells (Table 2) and the untrained variants' GD cells (Table 1),
 task by task, and its report. Cells of earlier runs (`adopt`) whose settings give the same numbers
-are copied in instead of recomputed. A model that fails to load is named and skipped; a task a
+are copied in instead of recomputed, and so is a complete learning-rate selection of the same tune
+config (an `lr_selection*.json` given to `adopt`). A model that fails to load is named and skipped; a task a
 model cannot run (its label words, its context window) is named and skipped for that model. The
 last step writes the cross-model summary (`jaxicl.report.models`) to OUT/summary, or to `publish`
 with each model's selection and report beside it.
@@ -112,10 +113,12 @@ def _study_model(config: StudyConfig, model: str, where: Path, adopt, lm, engine
         record.update(status="failed", reason=f"does not load: {e}")
         write_json_atomic(record_path, record)
         return record
-    rates = timed("tune", lambda: _selected_rates(config, model, where / "tune", lm, engine))
+    selections = [Path(a) for a in adopt if str(a).endswith(".json")]
+    rates = timed("tune", lambda: _selected_rates(config, model, where / "tune", lm, engine, selections))
     grid = config.run_config(model, rates)
     for source in adopt:
-        _adopt_cells(Path(source), where / "grid", grid)
+        if not str(source).endswith(".json"):
+            _adopt_cells(Path(source), where / "grid", grid)
     for task in [get_task(t).name for t in config.tasks]:
         for stage, only in (("trained", {"variant": ["trained"]}),
                             ("untrained", {"variant": list(UNTRAINED), "method": ["gd"]})):  # fmt: skip
@@ -132,11 +135,16 @@ def _study_model(config: StudyConfig, model: str, where: Path, adopt, lm, engine
     return record
 
 
-def _selected_rates(config: StudyConfig, model: str, tune_dir: Path, lm, engine: dict) -> dict[str, float]:
-    """The tune's rates: a complete selection of the same config is used as it is (e.g. one adopted
-    from a committed run), else `jaxicl tune` runs (resuming its saved rates)."""
+def _selected_rates(config: StudyConfig, model: str, tune_dir: Path, lm, engine: dict,
+                    adopt: Sequence[Path] = ()) -> dict[str, float]:
+    """The tune's rates: a complete selection of the same config is used as it is (one in the tune
+    directory, or an adopted lr_selection file), else `jaxicl tune` runs (resuming its saved rates)."""
     tune_config = config.tune_config(model)
     path = tune_dir / SELECTION_FILE
+    for source in adopt:
+        theirs = json.loads(source.read_text())
+        if not path.exists() and theirs.get("complete") and theirs.get("config") == tune_config.to_json():
+            write_json_atomic(path, theirs)
     done = json.loads(path.read_text()) if path.exists() else {}
     if not (done.get("complete") and done.get("config") == tune_config.to_json()):
         tune(tune_config, tune_dir, lm=lm, **engine)
