@@ -29,6 +29,7 @@ from tests.test_hf_parity import (  # noqa: E402
     _save_model,
     built_once,
     cache_split_delta,
+    head_parity,
 )
 
 SHAPE = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
@@ -91,6 +92,16 @@ def test_logits_match_transformers(tiny, kind):
     delta = _max_delta(model, config, params, _random_rows(ROWS, seed=1))
     print(f"\n{kind}: max |delta logit| = {delta:.2e}")
     assert delta <= LOGIT_TOL
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_head_reads_and_writes_match_transformers(tiny, kind):
+    path, model = tiny(kind)
+    config, params, _ = load_hf_dir(path)
+    z_delta, edit_delta, moved = head_parity(model, config, params, _random_rows(ROWS, seed=1), layer=1, head=3)
+    print(f"\n{kind}: max |delta z| = {z_delta:.2e}, zeroed head: max |delta logit| = {edit_delta:.2e} (moved {moved:.2f})")
+    assert z_delta <= LOGIT_TOL and edit_delta <= LOGIT_TOL
+    assert moved > 100 * LOGIT_TOL
 
 
 EXPECTED = {

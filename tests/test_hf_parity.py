@@ -9,6 +9,7 @@ different lengths at the real positions.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import jax
@@ -291,6 +292,68 @@ def test_full_size_legacy_gemma3_config():
     assert (config.rope_base, config.rope_local_base, config.rope_scaling_factor) == (1e6, 1e4, 8.0)
     assert config.query_scale == 256**-0.5 and config.embed_scale == 640**0.5
     assert config.norm_plus_one and config.qk_norm and config.post_norms and config.activation == "gelu_tanh"
+
+
+# --- per-head reads and writes -------------------------------------------------------------------
+
+OUTPUT_PROJECTIONS = ("self_attn.o_proj", "self_attn.out_proj", "attn.c_proj", "attention.dense")
+
+
+def output_projections(model) -> list:
+    """Each layer's attention output projection: the module whose input is the heads' outputs."""
+    found = {}
+    for name, module in model.named_modules():
+        if name.endswith(OUTPUT_PROJECTIONS):
+            found[int(re.search(r"\.(\d+)\.", name).group(1))] = module
+    return [found[i] for i in sorted(found)]
+
+
+def _hooked_logits(model, ids, valid, hooks: dict) -> np.ndarray:
+    """transformers' logits with forward pre-hooks {layer: hook} on the output projections."""
+    handles = [output_projections(model)[layer].register_forward_pre_hook(hook) for layer, hook in hooks.items()]
+    try:
+        return _torch_logits(model, ids, valid)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def head_parity(model, config, params, rows, layer: int, head: int) -> tuple[float, float, float]:
+    """(max |Δ| of the z tap against the output projection's input in transformers, max |Δ logit|
+    with head `head` of block `layer` zeroed by `head_transform` against the same edit in a
+    pre-hook, and how far that edit moves the logits), over the rows' real positions."""
+    ids, valid = _pad(rows)
+    b, t = ids.shape
+    seen = {}
+
+    def record(i):
+        return lambda module, args: seen.__setitem__(i, args[0].detach().numpy())
+
+    plain = _hooked_logits(model, ids, valid, {i: record(i) for i in range(config.n_layers)})
+    out = forward(params, config, jnp.asarray(ids), valid=jnp.asarray(valid), logits_at=None, taps=("z",))
+    z = np.asarray(out.taps["z"]).reshape(config.n_layers, b, t, -1)
+    z_delta = max(float(np.abs(z[i] - seen[i])[valid].max()) for i in range(config.n_layers))
+
+    def zero_head(module, args):
+        x = args[0].clone()
+        x.view(b, t, config.n_heads, config.head_dim)[:, :, head] = 0
+        return (x,)
+
+    theirs = _hooked_logits(model, ids, valid, {layer: zero_head})
+    which = (jnp.arange(config.n_heads) == head)[None, None, :, None]
+    edit = lambda z, at: jnp.where((at == layer) & which, 0.0, z)  # noqa: E731
+    ours = np.asarray(forward(params, config, jnp.asarray(ids), valid=jnp.asarray(valid), head_transform=edit).logits)
+    return z_delta, float(np.abs(ours - theirs)[valid].max()), float(np.abs(theirs - plain)[valid].max())
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama", "llama_biased", "gpt2", "xglm"])
+def test_head_reads_and_writes_match_transformers(tiny, kind):
+    path, model = tiny(kind)
+    config, params, _ = load_hf_dir(path)
+    z_delta, edit_delta, moved = head_parity(model, config, params, _random_rows([11, 6, 3, 9], seed=1), layer=1, head=2)
+    print(f"\n{kind}: max |delta z| = {z_delta:.2e}, zeroed head: max |delta logit| = {edit_delta:.2e} (moved {moved:.2f})")
+    assert z_delta <= LOGIT_TOL and edit_delta <= LOGIT_TOL
+    assert moved > 100 * LOGIT_TOL  # the edit matters, so agreeing on it is evidence
 
 
 # --- KV cache and taps --------------------------------------------------------------------------

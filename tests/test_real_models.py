@@ -95,3 +95,49 @@ def test_finetuning_step_matches_transformers_gradients(real_lm, hf_model, data_
         assert worst <= 2e-3
     finally:
         ref.zero_grad(set_to_none=True)
+
+
+def test_head_reads_and_writes_match_transformers_on_gemma(real_lm, hf_model, data_dir):
+    """gemma3-270m on the 32-shot SST-2 prompt: the z tap at the last position equals
+    the input of transformers' o_proj there, and zeroing one head with `head_transform` moves the
+    next-token log-probs exactly as the same edit made in an o_proj pre-hook."""
+    import jax.numpy as jnp
+
+    lm, ref = real_lm("gemma3-270m"), hf_model("gemma3-270m")
+    config, layer, head = lm.config, 9, 1
+    projections = [ref.model.layers[i].self_attn.o_proj for i in range(config.n_layers)]
+    for prompt in _sst2_prompts(data_dir)[1:]:
+        ids = lm.tokenizer.prompt_ids(prompt)
+        seen = {}
+        handles = [p.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0, -1].detach().numpy()))
+                   for i, p in enumerate(projections)]  # fmt: skip
+        try:
+            with torch.no_grad():
+                plain = ref(torch.tensor([ids])).logits[0, -1].double().numpy()
+        finally:
+            for h in handles:
+                h.remove()
+        out = jaxicl.forward(lm.params, config, jnp.asarray([ids]), logits_at=None, taps=("z",),
+                             tap_at=jnp.asarray([len(ids) - 1]))  # fmt: skip
+        z = np.asarray(out.taps["z"])[:, 0].reshape(config.n_layers, -1)
+        z_delta = max(float(np.abs(z[i] - seen[i]).max() / np.abs(seen[i]).max()) for i in range(config.n_layers))
+
+        def zero(module, args):
+            x = args[0].clone()
+            x.view(1, len(ids), config.n_heads, config.head_dim)[:, :, head] = 0
+            return (x,)
+
+        handle = projections[layer].register_forward_pre_hook(zero)
+        try:
+            with torch.no_grad():
+                theirs = ref(torch.tensor([ids])).logits[0, -1].double().numpy()
+        finally:
+            handle.remove()
+        which = (jnp.arange(config.n_heads) == head)[None, None, :, None]
+        edit = lambda z, at: jnp.where((at == layer) & which, 0.0, z)  # noqa: E731
+        ours = np.asarray(jaxicl.forward(lm.params, config, jnp.asarray([ids]), head_transform=edit).logits[0, -1], np.float64)
+        log_probs = [x - np.logaddexp.reduce(x) for x in (ours, theirs, plain)]
+        delta, moved = np.abs(log_probs[0] - log_probs[1]).max(), np.abs(log_probs[1] - log_probs[2]).max()
+        print(f"gemma3-270m len={len(ids)}: max |dz|/max|z| = {z_delta:.1e}, head {layer}.{head} zeroed: "
+              f"max |dlogp| = {delta:.1e} (the edit moves it {moved:.2f})")
+        assert z_delta <= 2e-3 and delta <= 2e-3 and moved > 10 * 2e-3

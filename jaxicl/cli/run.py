@@ -36,7 +36,7 @@ def config_of(args: argparse.Namespace) -> RunConfig:
         token_wise=args.token_wise, controls=csv(args.controls) or (),
         cross_task=pairs(args.cross_task), order_permutations=args.order_permutations,
         checkpoints=None if args.checkpoints is None else parse_checkpoints(args.checkpoints),
-        stability_check=args.stability_check,
+        stability_check=args.stability_check, analyses=csv(args.analyses) or (), cie_queries=args.cie_queries,
     )  # fmt: skip
 
 
@@ -97,6 +97,11 @@ def add(sub) -> None:
     parser.add_argument("--stability-check", action="store_true",
                         help="finetune each cell a second time with the demonstrations padded to another length (the "
                         "same maths, other float rounding) and record how far its metrics move")
+    parser.add_argument("--analyses", default=None, metavar="A1,A2",
+                        help="per-run analyses against GD/LCGD: task-vectors (Hendel et al.), function-vectors (Todd "
+                        "et al.); cells under RUN_DIR/analyses/")
+    parser.add_argument("--cie-queries", type=int, default=32, metavar="N",
+                        help="function vectors: average each head's causal indirect effect over the first N eval queries")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="write a JAX profiler trace of the first group run (open with TensorBoard or Perfetto)")
     parser.set_defaults(func=main)

@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxicl.api import bucket, check_ids
-from jaxicl.engine import batch_size
+from jaxicl.engine import batch_size, patching
 from jaxicl.engine.transforms import flatten, merge_params, unflatten
 from jaxicl.errors import InputError
 from jaxicl.models.config import ModelConfig
@@ -81,11 +81,16 @@ def _score(
     score_pos: jax.Array,  # [B, P] positions whose next-token log-probs are scored
     score_tok: jax.Array,  # [B, P, C'] target tokens at those positions
     score_mask: jax.Array,  # [B, P] which positions count
+    patch: patching.Patch | None = None,  # an edit of the forward at each row's probe
 ) -> tuple[jax.Array, dict]:
     at_probe = tuple(t for t in taps if not t.endswith(EVERY_POSITION))
     every = tuple(t.removesuffix(EVERY_POSITION) for t in taps if t.endswith(EVERY_POSITION))
+    edits = {}
+    if patch is not None:
+        block_input, heads = patching.transforms(patch, probe, ids.shape[1])
+        edits = dict(block_input_transform=block_input, head_transform=heads)
     out = forward(params, config, ids, valid=valid, cache=cache, logits_at=score_pos, taps=at_probe, tap_at=probe,
-                  taps_all=every)  # fmt: skip
+                  taps_all=every, **edits)  # fmt: skip
     logp = jax.nn.log_softmax(out.logits, axis=-1)  # [B, P, V]
     picked = jnp.take_along_axis(logp, score_tok, axis=-1)  # [B, P, C']
     scores = jnp.sum(picked * score_mask[..., None], axis=1)
@@ -105,6 +110,15 @@ def score_rows(params: dict, config: ModelConfig, taps: tuple[str, ...], cache: 
     """Summed log-probs [B, C'] of the targets, and the records at the probe, of a batch of rows
     (ids, valid, probe, score_pos, score_tok, score_mask: see `_score`)."""
     return _score(params, config, taps, cache, *rows)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def score_rows_patched(params: dict, config: ModelConfig, taps: tuple[str, ...], cache: KVCache | None,
+                       patches: patching.Patch, *rows) -> tuple:
+    """`score_rows` of the same rows under M edits (`patches`, leaves [M, ...]): scores [M, B, C'],
+    records [M, B, L, ...]; the model, cache and rows are shared, only the edit is vmapped."""
+    one = lambda patch: _score(params, config, taps, cache, *rows, patch=patch)  # noqa: E731
+    return jax.vmap(one)(patches)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -230,6 +244,39 @@ def evaluate_many(
         return score_rows_many(shared, stacked, config, taps, caches, *jax.device_put(arrays))
 
     return _score_queries(score, len(params_list), config, prefix, queries, candidates, options)
+
+
+def evaluate_patched(
+    params: dict,
+    config: ModelConfig,
+    prefix: Ids,
+    queries: Sequence[Ids],
+    candidates: Sequence[Ids],
+    patches: patching.Patch,
+    options: EvalOptions = EvalOptions(probe="last", records=()),
+    patches_per_batch: int = 8,
+) -> list[EvalResult]:
+    """`evaluate` under each of M edits of the forward (`patching.stack`ed), at each query's probe
+    (with probe "last", the position whose next-token scores classify the query), after the
+    unedited prefix. The edits run `patches_per_batch` at a time, vmapped over one batch of rows;
+    the last group is padded with copies, so every group reuses one compiled program."""
+    check_inputs(config, prefix, queries, candidates, options)
+    if isinstance(patches_per_batch, bool) or not isinstance(patches_per_batch, int) or patches_per_batch < 1:
+        raise InputError(f"patches_per_batch must be a positive integer, got {patches_per_batch!r}")
+    cache = None
+    if len(prefix):
+        cache = prefix_cache(params, config, *jax.device_put(_pad_prefix(prefix, 64)))
+    m = patching.count(patches)
+    results = []
+    for start in range(0, m, patches_per_batch):
+        group = jax.device_put(patching.take(patches, start, start + patches_per_batch))
+
+        def score(taps, arrays, group=group):
+            return score_rows_patched(params, config, taps, cache, group, *jax.device_put(arrays))
+
+        got = _score_queries(score, patches_per_batch, config, prefix, queries, candidates, options)
+        results += got[: m - start]
+    return results
 
 
 def _score_queries(score, n_models: int, config, prefix, queries, candidates, options, mesh=None) -> list[EvalResult]:

@@ -6,6 +6,8 @@ Variants are arguments, not copies:
     position or only at one probe position per row (`tap_at`), returned as [layers, ...] arrays;
   * `block_input_transform(x, layer)`: applied to every block's residual input, e.g.
     `lambda x, layer: jax.lax.stop_gradient(x)` for layer-causal finetuning;
+  * `head_transform(z, layer)`: applied to the query heads' outputs z [B, T, H, hd] just before
+    the output projection, e.g. to zero or patch one head (activation patching);
   * `logits_at`: compute the unembedding only where it is needed.
 """
 
@@ -21,13 +23,15 @@ from jaxicl.models import layers
 from jaxicl.models.config import ModelConfig
 
 Array = jax.Array
-BlockInputTransform = Callable[[Array, Array], Array]
+BlockInputTransform = Callable[[Array, Array], Array]  # (x [B, T, d], layer) -> x
+HeadTransform = Callable[[Array, Array], Array]  # (z [B, T, H, hd], layer) -> z
 
 TAP_NAMES = (
     "resid_pre",  # block input [d], before any block_input_transform
     "q",  # queries after QK-norm and RoPE [H, hd]
     "k",  # keys after QK-norm and RoPE [KV, hd]
     "v",  # values [KV, hd]
+    "z",  # each query head's output [H, hd]: the output projection's input (after any head_transform)
     "attn_scores",  # scaled pre-softmax, pre-mask logits [H, S] over every key (cache first)
     "attn_out",  # attention output after the output projection, before any post-norm/residual
     "resid_mid",  # residual stream after the attention residual add (parallel residual: not the MLP's input)
@@ -114,6 +118,7 @@ def _block(
     taps: Sequence[str],
     tap_at: Array | None,
     taps_all: Sequence[str] = (),
+    head_transform: Callable[[Array], Array] | None = None,
 ) -> tuple[Array, tuple[Array, Array], dict]:
     """One transformer block; returns the new residual, this chunk's (k, v) and the records."""
     b, t, _ = x.shape
@@ -132,9 +137,11 @@ def _block(
     if cache_kv is not None:
         k_all = jnp.concatenate([_broadcast_batch(cache_kv[0], b), k], axis=1)
         v_all = jnp.concatenate([_broadcast_batch(cache_kv[1], b), v], axis=1)
-    heads, scores = layers.attention(q, k_all, v_all, mask, config)
-    attn_out = layers.linear(heads.reshape(b, t, -1), p["o"])
-    rec.update(q=q, k=k, v=v, attn_out=attn_out)
+    z, scores = layers.attention(q, k_all, v_all, mask, config)
+    if head_transform is not None:
+        z = head_transform(z)
+    attn_out = layers.linear(z.reshape(b, t, -1), p["o"])
+    rec.update(q=q, k=k, v=v, z=z, attn_out=attn_out)
     if "attn_scores" in taps or "attn_scores" in taps_all:
         rec["attn_scores"] = jnp.moveaxis(scores, 1, 2)  # [B, T, H, S]
     if config.post_norms:
@@ -166,6 +173,7 @@ def forward(
     tap_at: Array | None = None,
     taps_all: Sequence[str] = (),
     block_input_transform: BlockInputTransform | None = None,
+    head_transform: HeadTransform | None = None,
 ) -> ForwardOutput:
     """Run the model on token ids [B, T].
 
@@ -175,6 +183,8 @@ def forward(
     taps: names from TAP_NAMES; tap_at: int [B] probe position per row, or None for all positions.
     taps_all: names also recorded at every position of the chunk, under name + EVERY_POSITION, in
     the same pass as the probe's (e.g. token-wise similarity beside the probe's records).
+    block_input_transform(x, layer), head_transform(z, layer): see the module docstring; `layer`
+    is a traced int32 scalar (the blocks run under one lax.scan), so select with jnp.where.
     """
     unknown = (set(taps) | set(taps_all)) - set(TAP_NAMES)
     if unknown:
@@ -206,8 +216,10 @@ def forward(
             (gc, gs), (lc, ls) = rope
             cos_sin = (jnp.where(local, lc, gc), jnp.where(local, ls, gs))
         mask = jnp.where(local, local_mask, causal)
+        heads = None if head_transform is None else (lambda z: head_transform(z, layer))
         out, new_kv, block_rec = _block(
-            config, p, x, cos_sin=cos_sin, mask=mask, cache_kv=kv, taps=taps, tap_at=tap_at, taps_all=taps_all
+            config, p, x, cos_sin=cos_sin, mask=mask, cache_kv=kv, taps=taps, tap_at=tap_at, taps_all=taps_all,
+            head_transform=heads,
         )
         rec.update(block_rec)
         return out.astype(x.dtype), (new_kv, rec)  # mixed-precision params keep the carry's dtype

@@ -148,6 +148,7 @@ from jaxicl.report.tables import (
     tokenwise_section,
     uncertainty_section,
 )
+from jaxicl.report.vectors import load_vector_cells, vectors_section
 
 __all__ = [  # every public name of the former single-file module, write_report included
     "ACCURACY_KEYS", "DAI_ACCURACY", "DEFAULT_GRAD_TASK", "METHODS", "METHOD_COLORS", "METHOD_LABELS",
@@ -262,16 +263,22 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     differences = method_differences(cells, tasks)
     control_cells, control_problems = load_controls(run_dir)
     order_cells, order_problems = load_order(run_dir)
+    vector_cells, vector_problems = load_vector_cells(run_dir)
     tokenwise_lines, tokenwise = tokenwise_section(cells, tasks)
     controls = controls_stats(cells, control_cells)
     csv_files = _write_csvs(cells, tasks, variants, t2, t1, differences, controls, order_cells, tokenwise,
                             time_csv_rows(totals, timing), out)  # fmt: skip
     problems = config_problems + problems + control_problems + order_problems + seconds_problems + timing_problems
+    problems += vector_problems
     lines = _header(config, cells, run_dir) + [""] + _problems_section(problems) + [""]
     lines += t2_lines + [""] + t1_lines + [""] + uncertainty_section(cells, tasks, t2, t1, differences) + [""]
     lines += accuracy_section(cells, tasks, variants) + [""]
     lines += controls_section(cells, tasks, controls) + [""] + order_section(order_cells) + [""]
     lines += tokenwise_lines + [""]
+    if vector_cells or vector_problems:
+        vector_lines, vector_files = vectors_section(vector_cells, cells, out, plots)
+        lines += vector_lines + [""]
+        csv_files += vector_files
     lines += random_section(cells, tasks, variants) + [""] + time_section(totals, timing) + [""]
     lines += (figures_section(cells, tasks, out, grad_norm_task) if plots
               else ["## Figures", "", "Not drawn (plots=False)."]) + [""]

@@ -21,8 +21,9 @@ from jaxicl.engine.finetune import finetune_cached, finetune_many
 from jaxicl.engine.scoring import EvalResult
 from jaxicl.errors import JaxiclError
 from jaxicl.io.results import versions, write_json_atomic
+from jaxicl.runner import vectors
 from jaxicl.runner.layout import CELLS, EVALS, SECONDS
-from jaxicl.runner.plan import ORDER, Cell, RunConfig, batch_runs_enabled, finetune_options, run_prompts
+from jaxicl.runner.plan import ANALYSES, ORDER, Cell, RunConfig, batch_runs_enabled, finetune_options, run_prompts
 from jaxicl.runner.rundir import cached_eval, checkpoint_dir, finetune_base, group_relpath, load_eval
 from jaxicl.runtime import distributed
 from jaxicl.runtime.stage_clock import StageClock
@@ -146,6 +147,37 @@ def _cell_record(config: RunConfig, cell: Cell, plan: _Plan, prompts: PromptSet,
     return record
 
 
+def _finetuned_lookup(lm, config: RunConfig, run_dir: Path, task, cell: Cell, plan: _Plan, params: dict,
+                      tuned: dict[str, dict]):
+    """method -> its finetuned params: from `tuned` (filled as the group's method cells run), else
+    restored from the method cell's checkpoint (or finetuned anew) on first use."""
+
+    def finetuned(method: str) -> dict:
+        if method not in tuned:
+            real = dataclasses.replace(cell, method=method, kind=None)
+            tuned[method] = _finetune(lm, config, run_dir, real, plan, params, finetune_options(config, task, method), "").params
+        return tuned[method]
+
+    return finetuned
+
+
+def _metrics(config: RunConfig, cell: Cell, zs: EvalResult, icl: EvalResult, ft: EvalResult, gold: list) -> dict:
+    values = metrics.all_metrics(zs, icl, ft, gold=gold, seed=config.metric_seed)
+    if config.token_wise and metrics.TOKENWISE_KEY not in values["scalar"]:
+        raise JaxiclError(f"{cell.name()}: token-wise SimAOU was asked for but a record of it is missing")
+    return values
+
+
+def _alpha(zs: EvalResult, ft_results: dict[str, EvalResult], gd_path: Path) -> dict:
+    """The LCGD cell's α: it needs GD's finetuned records, from this group, else from the cache (a
+    resumed group or an `only` slice that ran GD earlier); {} without them."""
+    gd_ft = ft_results.get("gd") or load_eval(gd_path)
+    if gd_ft is None:
+        return {}
+    a = metrics.alpha_metrics(zs, ft_results["lcgd"], gd_ft)
+    return {"alpha": {"per_layer": a["per_layer"]["alpha"], "scalar": a["scalar"]["alpha"]}}
+
+
 def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell], progress=None,
               clock: StageClock | None = None) -> list[Path]:
     """Run the cells of one (task, variant, seed, perm): shared prompts and ICL, then each method.
@@ -172,14 +204,19 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
     with watch("icl"):
         icl, _ = cached_eval(run_dir / EVALS / group_dir / "icl.npz", ev(prompts.prefix_ids), options.records)
 
-    gold = list(prompts.gold_labels)
     ft_results: dict[str, EvalResult] = {}
+    tuned: dict[str, dict] = {}  # each method's finetuned params, for the analyses
+    finetuned = _finetuned_lookup(lm, config, run_dir, task, cells[0], _plan(lm, config, run_dir, task,
+                                  dataclasses.replace(cells[0], kind=None), prompts, icl, ev), params, tuned)  # fmt: skip
+
+    gold = list(prompts.gold_labels)
     written = []
     for cell in cells:
-        if cell.kind == ORDER:
-            step("order sensitivity")
-            with watch("order"):
-                record = _order_record(lm, config, run_dir, task, cell, prompts, params, icl)
+        if cell.kind in ANALYSES or cell.kind == ORDER:  # one cell per run, beside the methods'
+            step(cell.kind)
+            with watch(cell.kind):
+                record = (vectors.RECORDS[cell.kind](lm, config, run_dir, cell, prompts, params, finetuned)
+                          if cell.kind in ANALYSES else _order_record(lm, config, run_dir, task, cell, prompts, params, icl))
             if distributed.is_writer():
                 written.append(write_json_atomic(run_dir / cell.relpath(), record))
             continue
@@ -189,6 +226,8 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         step(f"{stage} finetune")
         with watch(f"finetune_{stage}"):
             result = _finetune(lm, config, run_dir, cell, plan, params, options_ft, plan.name)
+        if cell.kind is None:
+            tuned[cell.method] = result.params
         step(f"{stage} evaluate")
         with watch(f"ftzs_{stage}"):
             ft, _ = cached_eval(run_dir / EVALS / group_dir / f"{cell.method}{plan.suffix}-ft.npz",
@@ -205,20 +244,14 @@ def run_group(lm, config: RunConfig, run_dir: Path, task, cells: Sequence[Cell],
         if cell.kind is None:
             ft_results[cell.method] = ft
         with watch(f"metrics_{stage}"):
-            values = metrics.all_metrics(zs, plan.icl, ft, gold=gold, seed=config.metric_seed)
-            if config.token_wise and metrics.TOKENWISE_KEY not in values["scalar"]:
-                raise JaxiclError(f"{cell.name()}: token-wise SimAOU was asked for but a record of it is missing")
+            values = _metrics(config, cell, zs, plan.icl, ft, gold)
         record = _cell_record(config, cell, plan, prompts, {"zs": zs, "icl": plan.icl, "ft": ft}, values, result)
         if perturbed is not None:
             again_values = metrics.all_metrics(zs, plan.icl, perturbed, gold=gold, seed=config.metric_seed)
             record["stability"] = stability.difference(values, again_values, ft.accuracy(gold), perturbed.accuracy(gold),
                                                         options_ft, stability.run_difference(result, again))
-        # α needs GD's finetuned records: from this group, else from the cache (a resumed group
-        # or an `only` slice that ran GD earlier)
-        gd_ft = ft_results.get("gd") or load_eval(run_dir / EVALS / group_dir / "gd-ft.npz")
-        if cell.kind is None and cell.method == "lcgd" and gd_ft is not None:
-            a = metrics.alpha_metrics(zs, ft_results["lcgd"], gd_ft)
-            record["alpha"] = {"per_layer": a["per_layer"]["alpha"], "scalar": a["scalar"]["alpha"]}
+        if cell.kind is None and cell.method == "lcgd":
+            record |= _alpha(zs, ft_results, run_dir / EVALS / group_dir / "gd-ft.npz")
         if cell.kind is None:  # the report's time per stage reads the real cells' seconds
             write_json_atomic(run_dir / SECONDS / cell.relpath().relative_to(CELLS), dict(watch.seconds))
         written.append(write_json_atomic(run_dir / cell.relpath(), record))

@@ -5,6 +5,7 @@ parses them.
     cells/<task>/<variant>/<method>-seed<S>-perm<P>.json
     controls/<control>/<task>/<variant>/<method>-seed<S>-perm<P>.json
     order/<task>/<variant>/seed<S>-perm<P>.json
+    analyses/<analysis>/<task>/<variant>/seed<S>-perm<P>.json
     seconds/<task>/<variant>/<method>-seed<S>-perm<P>.json
     evals/<task>/<variant>/seed<S>-perm<P>/...      checkpoints/<task>/<variant>/<method>-seed<S>-perm<P>/
     revisions.json, revisions/<REV>/                (a run over training checkpoints)
@@ -20,7 +21,7 @@ TIMING_FILE = "timing.json"
 REVISIONS_FILE = "revisions.json"
 LOCK_FILE = ".jaxicl.lock"  # the one writer's PID, host, start time and command (runner/lock.py)
 SELECTION_FILE = "lr_selection.json"  # `jaxicl tune`'s choice of learning rates
-CELLS, CONTROLS, ORDER_DIR, SECONDS = "cells", "controls", "order", "seconds"
+CELLS, CONTROLS, ORDER_DIR, SECONDS, ANALYSES_DIR = "cells", "controls", "order", "seconds", "analyses"
 EVALS, CHECKPOINTS, REVISIONS = "evals", "checkpoints", "revisions"
 CELL_FILE = re.compile(r"^(?P<method>[^/]+)-seed(?P<seed>-?\d+)-perm(?P<perm>-?\d+)\.json$")
 

@@ -24,12 +24,14 @@ from jaxicl.errors import InputError
 from jaxicl.io.registry import DEFAULT_MODEL
 from jaxicl.models.transformer import EVERY_POSITION
 from jaxicl.runner import checks
-from jaxicl.runner.layout import CELLS, CONTROLS, ORDER_DIR, cell_file, run_name
+from jaxicl.runner.layout import ANALYSES_DIR, CELLS, CONTROLS, ORDER_DIR, cell_file, run_name
 
 METHODS = tuple(OBJECTIVES)  # ("gd", "lcgd")
 CELL_KEYS = ("task", "variant", "method", "seed", "perm", "accuracy", "per_layer", "scalar")
 ORDER = "order"  # the order-sensitivity cell of a run (jaxicl/analyses/order.py)
 ORDER_KEYS = ("task", "variant", "seed", "perm", "permutations", "methods")
+ANALYSES = ("task-vectors", "function-vectors")  # per-run cells of jaxicl/analyses/{task,function}_vectors.py
+ANALYSIS_KEYS = ("task", "variant", "seed", "perm", "layers", "methods")
 PROBES = ("label", "last")
 LOSS_TOKENS = ("all", "label")
 TOKEN_RECORD = "attn_out" + EVERY_POSITION  # attn_out at every query token (--token-wise)
@@ -65,6 +67,8 @@ class RunConfig:
     controls: tuple[str, ...] = ()  # task-specificity controls (jaxicl/analyses/controls.py), GD only
     cross_task: tuple[tuple[str, str], ...] | None = None  # (A, B): A's cross-task partner; default next task
     stability_check: bool = False  # refinetune each cell with other rounding and record how far its metrics move
+    analyses: tuple[str, ...] = ()  # per-run analyses: ANALYSES (task and function vectors, against GD/LCGD)
+    cie_queries: int = 32  # function vectors: the eval queries (the first ones) each head's CIE is averaged over
 
     def eval_options(self) -> EvalOptions:
         """The evaluation settings of every zero-shot, ICL and finetuned scoring of the run."""
@@ -100,7 +104,7 @@ class Cell:
     seed: int
     perm: int
     method: str
-    kind: str | None = None  # None: a real cell; a control's name (jaxicl/analyses/controls.py); or ORDER
+    kind: str | None = None  # None: a real cell; a control's name (jaxicl/analyses/controls.py); ORDER; or an ANALYSES name
 
     @property
     def group(self) -> tuple[str, str, int, int]:
@@ -111,12 +115,16 @@ class Cell:
         enters Tables 1-2."""
         if self.kind == ORDER:
             return Path(ORDER_DIR, self.task, self.variant, run_name(self.seed, self.perm) + ".json")
+        if self.kind in ANALYSES:
+            return Path(ANALYSES_DIR, self.kind, self.task, self.variant, run_name(self.seed, self.perm) + ".json")
         root = (CELLS,) if self.kind is None else (CONTROLS, self.kind)
         return Path(*root, self.task, self.variant, cell_file(self.method, self.seed, self.perm))
 
     @property
     def required_keys(self) -> tuple[str, ...]:
         """What a complete results file of this cell holds (an incomplete one is recomputed)."""
+        if self.kind in ANALYSES:
+            return ANALYSIS_KEYS
         return ORDER_KEYS if self.kind == ORDER else CELL_KEYS
 
     def name(self) -> str:
@@ -143,6 +151,9 @@ def check_config(config: RunConfig, only: dict[str, Sequence[str]] | None = None
         config.learning_rate(task)  # a rate for every task: its own, or --lrs's
     controls.check_controls(config.controls, [t.name for t in tasks], config.cross_task, config.methods)
     order.check_permutations(config.order_permutations)
+    if config.analyses:
+        checks.check_choices("--analyses", config.analyses, ANALYSES)
+    checks.check_count("--cie-queries", config.cie_queries, minimum=1, allow_none=False)
     checks.check_checkpoints(config.model, config.checkpoints)
     checks.check_data(tasks, config.data_dir, config.k)
     if only:
@@ -163,6 +174,7 @@ def cells_of(config: RunConfig) -> list[Cell]:
                 out += [Cell(task.name, variant, seed, perm, "gd", control) for control in config.controls]
                 if config.order_permutations:
                     out.append(Cell(task.name, variant, seed, perm, "+".join(config.methods), ORDER))
+                out += [Cell(task.name, variant, seed, perm, "+".join(config.methods), kind) for kind in config.analyses]
     return out
 
 
