@@ -134,6 +134,36 @@ def test_a_patch_after_a_cached_prefix_equals_the_same_patch_in_one_forward(mode
 # --- patching and the analyses -------------------------------------------------------------------
 
 
+def _patched_scores_by_hand(config, params, prefix, patch) -> np.ndarray:
+    """[n, C]: each class's summed candidate log-probs, one full forward per (query, class), the
+    patch at the query's last token."""
+    full = jax.jit(lambda p, ids, at: jax.nn.log_softmax(forward(p, config, ids[None], **dict(zip(
+        ("block_input_transform", "head_transform"), patching.transforms(patch, at[None], ids.shape[0])))).logits[0], -1))
+    scores = np.zeros((len(QUERIES), len(MULTI)))
+    for n, q in enumerate(QUERIES):
+        for c, cand in enumerate(MULTI):
+            row = list(prefix) + list(q) + list(cand)
+            at = len(prefix) + len(q) - 1
+            logp = np.asarray(full(params, jnp.asarray(row + [3] * (128 - len(row)), jnp.int32), jnp.asarray(at)))
+            scores[n, c] = sum(logp[at + j, tok] for j, tok in enumerate(cand))
+    return scores
+
+
+def test_evaluate_patched_equals_one_full_forward_per_prompt(model):
+    """The split at the probe (tokens before it once, unedited; from it on under each edit) against
+    whole prompts through `forward`, for multi-token label words after a cached prefix."""
+    config, params = model
+    rng = np.random.default_rng(3)
+    edits = [patching.residual(config, 1, rng.standard_normal(config.d_model).astype(np.float32), add=True),
+             patching.head_output(config, 0, 2, 3 * rng.standard_normal(config.head_dim).astype(np.float32))]  # fmt: skip
+    got = evaluate_patched(params, config, ICL_PREFIX, QUERIES, MULTI, patching.stack(edits), EvalOptions(3, "last", ()), 1)
+    plain = evaluate(params, config, ICL_PREFIX, QUERIES, MULTI, EvalOptions(3, "last", ()))
+    for edit, result in zip(edits, got):
+        want = _patched_scores_by_hand(config, params, ICL_PREFIX, edit)
+        np.testing.assert_allclose(result.scores, want, atol=1e-4, rtol=0)
+        assert np.abs(result.scores - plain.scores).max() > 1e-3  # the edit matters
+
+
 def test_patching_a_prompts_own_task_vector_into_it_changes_nothing(model):
     config, params = model
     query = [QUERIES[1]]
@@ -221,6 +251,9 @@ def test_out_of_range_layers_and_heads_are_refused_by_name():
         patching.residual(config, 0, np.zeros(5))
     with pytest.raises(InputError, match="count must be in 1..4"):
         fv.top_heads(np.zeros((2, 2)), 5)
+    one = patching.stack([patching.residual(config, 0, np.zeros(config.d_model))])
+    with pytest.raises(InputError, match=r'probe="last" and records=\(\)'):
+        evaluate_patched(_random_params(config), config, ZS_PREFIX, QUERIES, SINGLE, one, EvalOptions(4, "label", ()))
 
 
 # --- the runner, the report and the refusals -----------------------------------------------------

@@ -35,7 +35,7 @@ from jaxicl.engine import batch_size, patching
 from jaxicl.engine.transforms import flatten, merge_params, unflatten
 from jaxicl.errors import InputError
 from jaxicl.models.config import ModelConfig
-from jaxicl.models.transformer import EVERY_POSITION, TAP_NAMES, KVCache, forward
+from jaxicl.models.transformer import EVERY_POSITION, TAP_NAMES, KVCache, default_positions, forward
 from jaxicl.runtime import sharding, stage_clock
 
 Ids = Sequence[int]
@@ -81,16 +81,11 @@ def _score(
     score_pos: jax.Array,  # [B, P] positions whose next-token log-probs are scored
     score_tok: jax.Array,  # [B, P, C'] target tokens at those positions
     score_mask: jax.Array,  # [B, P] which positions count
-    patch: patching.Patch | None = None,  # an edit of the forward at each row's probe
 ) -> tuple[jax.Array, dict]:
     at_probe = tuple(t for t in taps if not t.endswith(EVERY_POSITION))
     every = tuple(t.removesuffix(EVERY_POSITION) for t in taps if t.endswith(EVERY_POSITION))
-    edits = {}
-    if patch is not None:
-        block_input, heads = patching.transforms(patch, probe, ids.shape[1])
-        edits = dict(block_input_transform=block_input, head_transform=heads)
     out = forward(params, config, ids, valid=valid, cache=cache, logits_at=score_pos, taps=at_probe, tap_at=probe,
-                  taps_all=every, **edits)  # fmt: skip
+                  taps_all=every)  # fmt: skip
     logp = jax.nn.log_softmax(out.logits, axis=-1)  # [B, P, V]
     picked = jnp.take_along_axis(logp, score_tok, axis=-1)  # [B, P, C']
     scores = jnp.sum(picked * score_mask[..., None], axis=1)
@@ -112,12 +107,35 @@ def score_rows(params: dict, config: ModelConfig, taps: tuple[str, ...], cache: 
     return _score(params, config, taps, cache, *rows)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def score_rows_patched(params: dict, config: ModelConfig, taps: tuple[str, ...], cache: KVCache | None,
-                       patches: patching.Patch, *rows) -> tuple:
-    """`score_rows` of the same rows under M edits (`patches`, leaves [M, ...]): scores [M, B, C'],
-    records [M, B, L, ...]; the model, cache and rows are shared, only the edit is vmapped."""
-    one = lambda patch: _score(params, config, taps, cache, *rows, patch=patch)  # noqa: E731
+@functools.partial(jax.jit, static_argnums=(1,))
+def _cache_before_probe(params: dict, config: ModelConfig, cache: KVCache | None, ids: jax.Array, valid: jax.Array,
+                        probe: jax.Array) -> tuple[KVCache, jax.Array]:
+    """(the KV cache of each row's tokens before its probe, after the shared prefix; every row
+    position's absolute position): what no edit at the probe can change, computed once."""
+    positions = default_positions(ids.shape[0], ids.shape[1], cache)
+    before = valid & (jnp.arange(ids.shape[1])[None, :] < probe[:, None])
+    return forward(params, config, ids, positions=positions, valid=before, cache=cache, logits_at=None).cache, positions
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _score_from_probe(params: dict, config: ModelConfig, before: KVCache, positions: jax.Array,
+                      patches: patching.Patch, ids, valid, probe, score_pos, score_tok, score_mask) -> jax.Array:
+    """Scores [M, B, C'] of the rows' tokens from the probe on (the scored positions, which start at
+    the probe under probe "last"), after `before`, under each of M patches at the probe, vmapped."""
+    p = score_pos.shape[1]
+    at = jnp.minimum(probe[:, None] + jnp.arange(p)[None, :], ids.shape[1] - 1)  # [B, P]
+    tail = [jnp.take_along_axis(x, at, axis=1) for x in (ids, valid, positions)]
+    tail[1] = tail[1] & (probe[:, None] + jnp.arange(p)[None, :] < ids.shape[1])
+    zeros = jnp.zeros_like(probe)
+
+    def one(patch):
+        block_input, heads = patching.transforms(patch, zeros, p)
+        logits = forward(params, config, tail[0], positions=tail[2], valid=tail[1], cache=before,
+                         logits_at=jnp.broadcast_to(jnp.arange(p), at.shape), block_input_transform=block_input,
+                         head_transform=heads).logits  # fmt: skip
+        picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), score_tok, axis=-1)
+        return jnp.sum(picked * score_mask[..., None], axis=1)
+
     return jax.vmap(one)(patches)
 
 
@@ -256,27 +274,32 @@ def evaluate_patched(
     options: EvalOptions = EvalOptions(probe="last", records=()),
     patches_per_batch: int = 8,
 ) -> list[EvalResult]:
-    """`evaluate` under each of M edits of the forward (`patching.stack`ed), at each query's probe
-    (with probe "last", the position whose next-token scores classify the query), after the
-    unedited prefix. The edits run `patches_per_batch` at a time, vmapped over one batch of rows;
-    the last group is padded with copies, so every group reuses one compiled program."""
+    """`evaluate` (scores only) under each of M edits of the forward (`patching.stack`ed) at each
+    query's last token, the position whose next-token scores classify it (probe "last").
+
+    Exact and cheap: no edit at the probe can change the tokens before it, so each batch of rows
+    runs its tokens up to the probe once, unedited, after the prefix cache; then only the tokens
+    from the probe on run under the edits, `patches_per_batch` of them vmapped at a time (the last
+    group padded with copies, so every group reuses one compiled program)."""
     check_inputs(config, prefix, queries, candidates, options)
+    if options.probe != "last" or options.records:
+        raise InputError(f'evaluate_patched edits the query\'s last token and returns scores only: options need '
+                         f'probe="last" and records=(), got probe={options.probe!r}, records={options.records!r}')
     if isinstance(patches_per_batch, bool) or not isinstance(patches_per_batch, int) or patches_per_batch < 1:
         raise InputError(f"patches_per_batch must be a positive integer, got {patches_per_batch!r}")
     cache = None
     if len(prefix):
         cache = prefix_cache(params, config, *jax.device_put(_pad_prefix(prefix, 64)))
     m = patching.count(patches)
-    results = []
-    for start in range(0, m, patches_per_batch):
-        group = jax.device_put(patching.take(patches, start, start + patches_per_batch))
+    groups = [jax.device_put(patching.take(patches, i, i + patches_per_batch)) for i in range(0, m, patches_per_batch)]
 
-        def score(taps, arrays, group=group):
-            return score_rows_patched(params, config, taps, cache, group, *jax.device_put(arrays))
+    def score(taps, arrays):
+        arrays = jax.device_put(arrays)
+        before, positions = _cache_before_probe(params, config, cache, *arrays[:3])
+        scores = [np.asarray(_score_from_probe(params, config, before, positions, g, *arrays)) for g in groups]
+        return np.concatenate(scores)[:m], {}
 
-        got = _score_queries(score, patches_per_batch, config, prefix, queries, candidates, options)
-        results += got[: m - start]
-    return results
+    return _score_queries(score, m, config, prefix, queries, candidates, options)
 
 
 def _score_queries(score, n_models: int, config, prefix, queries, candidates, options, mesh=None) -> list[EvalResult]:
