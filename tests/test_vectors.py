@@ -275,6 +275,7 @@ def test_vector_cells_are_written_apart_resumable_deterministic_and_reported(tin
     assert tv_cell["methods"]["gd"]["alignment"][0] is None  # GD never changes the embeddings
     assert np.asarray(fv_cell["cie"]).shape == (layers, heads) and len(fv_cell["top_heads"]) == 10
     assert fv_cell["cie_queries"] == 4 and set(fv_cell["methods"]) == {"gd", "lcgd"}
+    assert 0 <= fv_cell["accuracy"]["shuffled_icl"] <= 1 and set(fv_cell["gold_probability"]) == {"icl", "shuffled_icl"}
     assert np.asarray(fv_cell["methods"]["lcgd"]["kv_update"]).shape == (layers, heads)
     # the finetuned models are the cells' own: their zero-shot accuracy matches the real cells'
     gd = json.loads((tmp_path / "a/cells/tiny/trained/gd-seed1-perm0.json").read_text())

@@ -81,6 +81,12 @@ def _task_vector_rows(cells: Sequence[VectorCell], methods: Sequence[str]) -> li
     return rows
 
 
+def _total_effect(cell: VectorCell) -> float | None:
+    """ICL's effect on the gold label's probability over shuffled-label ICL (the CIE queries)."""
+    p = cell.record.get("gold_probability")
+    return None if p is None else p["icl"] - p["shuffled_icl"]
+
+
 def _function_vector_rows(cells: Sequence[VectorCell], methods: Sequence[str]) -> list[list[str]]:
     rows = []
     for variant, task, runs in _groups(cells, FUNCTION_VECTORS):
@@ -96,6 +102,10 @@ def _function_vector_rows(cells: Sequence[VectorCell], methods: Sequence[str]) -
         rows.append([task_label(task), variant_label(variant), str(len(runs)),
                      fmt_stat(mean_std(c.record["accuracy"]["zs"] for c in runs)),
                      fmt_stat(mean_std(c.record["accuracy"]["icl"] for c in runs)),
+                     fmt_stat(mean_std(c.record["accuracy"]["shuffled_icl"] for c in runs
+                                       if "shuffled_icl" in c.record["accuracy"])),
+                     fmt_stat(mean_std(_total_effect(c) for c in runs if _total_effect(c) is not None), 3),
+                     fmt_stat(mean_std(float(np.max(c.record["cie"])) for c in runs), 3),
                      fmt_stat(mean_std(c.record["best_accuracy"] for c in runs)),
                      ", ".join(str(c.record["best_layer"]) for c in runs),
                      " ".join(f"{layer}.{h}" for layer, h in first),
@@ -124,11 +134,14 @@ def vectors_section(cells: Sequence[VectorCell], table_cells: Sequence[Cell], ou
         lines += ["No task-vector cells in this run directory."]
     lines += ["", "## Function vectors (Todd et al.; `jaxicl run --analyses function-vectors`)", ""]
     if any(c.kind == FUNCTION_VECTORS for c in cells):
-        header = ["task", "variant", "runs", "zero-shot", "ICL", "FV (best layer)", "best layer per run",
+        header = ["task", "variant", "runs", "zero-shot", "ICL", "ICL, shuffled labels", "ICL's effect", "largest CIE",
+                  "FV (best layer)", "best layer per run",
                   "top heads (run 1)", "top-10 share of CIE",
                   *(f"ρ({m} {q}, CIE)" for m in labels for q in ("KV update", "Δz"))]  # fmt: skip
         lines += md_table(header, _function_vector_rows(cells, methods)) + [""]
-        lines += ["FV: the sum of the mean outputs of the ten heads of largest causal indirect effect (CIE: the rise "
+        lines += ["ICL's effect: the gold label's probability with the real labels minus with shuffled ones (over "
+                  "the CIE queries), which each head's CIE is a part of. "
+                  "FV: the sum of the mean outputs of the ten heads of largest causal indirect effect (CIE: the rise "
                   "of the gold label's probability when the head's mean ICL output replaces its output on "
                   "shuffled-label prompts), through the output projection, added to the residual entering block L "
                   "in zero-shot runs. Heads as layer.head. ρ: Spearman correlation over every head between CIE and "

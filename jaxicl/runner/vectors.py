@@ -21,7 +21,7 @@ from jaxicl.analyses import function_vectors as fv
 from jaxicl.analyses import task_vectors as tv
 from jaxicl.data.prompts import PromptSet, relabel
 from jaxicl.engine.across_hosts import evaluate_across_hosts
-from jaxicl.engine.scoring import EvalResult
+from jaxicl.engine.scoring import EvalOptions, EvalResult
 from jaxicl.io.results import versions
 from jaxicl.runner.layout import EVALS
 from jaxicl.runner.plan import Cell, RunConfig
@@ -109,6 +109,9 @@ def function_vector_record(lm, config: RunConfig, run_dir: Path, cell: Cell, pro
     accuracy = tv.layer_sweep(params, lm.config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids,
                               np.repeat(vector[None], lm.config.n_layers, axis=0), gold, add=True,
                               batch_size=config.batch_size)  # fmt: skip
+    scores_only = EvalOptions(batch_size=config.batch_size, probe="last", records=())
+    shuffled = evaluate_across_hosts(params, lm.config, corrupted.prefix_ids, prompts.query_ids[:n], prompts.candidate_ids,
+                                     scores_only)  # fmt: skip
     methods = {}
     for method in config.methods:
         tuned = finetuned(method)
@@ -118,7 +121,10 @@ def function_vector_record(lm, config: RunConfig, run_dir: Path, cell: Cell, pro
                            "spearman_z_cie": _finite([fv.spearman(change, cie)])[0]}  # fmt: skip
     return {
         **_header(config, cell, prompts), "cie_queries": n, "shuffled_labels": list(labels),
-        "accuracy": {"zs": zs.accuracy(gold), "icl": icl.accuracy(gold)},
+        "accuracy": {"zs": zs.accuracy(gold), "icl": icl.accuracy(gold), "shuffled_icl": shuffled.accuracy(gold[:n])},
+        # over the CIE queries: ICL's total effect on the gold label, which the heads' CIE are parts of
+        "gold_probability": {"icl": float(fv.gold_probability(icl, gold)[:n].mean()),
+                             "shuffled_icl": float(fv.gold_probability(shuffled, gold[:n]).mean())},
         "cie": cie.tolist(), "top_heads": [list(h) for h in heads], "fv_norm": float(np.linalg.norm(vector)),
         "layers": {"accuracy": accuracy.tolist()}, **_best(accuracy),
         "methods": methods, "config": config.to_json(), "versions": versions(),
