@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from jaxicl.report.cells import Cell, Problem
 from jaxicl.report.figures import METHOD_COLORS, _save
@@ -153,9 +154,10 @@ def vectors_section(cells: Sequence[VectorCell], table_cells: Sequence[Cell], ou
     else:
         lines += ["No function-vector cells in this run directory."]
     if plots and cells:
-        lines += ["", "![accuracy against the patched layer](vectors_by_layer.png)", "",
+        lines += ["", "![accuracy against the patched layer; alignment with the task vector beside SimAOU]"
+                  "(vectors_by_layer.png)", "",
                   "![causal indirect effect per head](cie_heads.png)"]  # fmt: skip
-        plot_layers(cells, out / "vectors_by_layer.png")
+        plot_layers(cells, table_cells, out / "vectors_by_layer.png")
         plot_cie(cells, out / "cie_heads.png")
     return lines, written
 
@@ -189,28 +191,48 @@ def _function_vector_csv(cells: Sequence[VectorCell]) -> list[list]:
     return rows
 
 
-def plot_layers(cells: Sequence[VectorCell], path: Path) -> Path:
-    """Accuracy against the patched layer, per task: task vectors and function vectors (mean over
-    runs), with zero-shot and ICL accuracy as horizontal lines."""
-    tasks = order_tasks({c.task for c in cells if c.variant == "trained"} or {c.task for c in cells})
-    fig = Figure(figsize=(3.4 * len(tasks), 3.2))
-    axes = np.atleast_1d(fig.subplots(1, len(tasks)))
-    for ax, task in zip(axes, tasks):
+def plot_layers(cells: Sequence[VectorCell], table_cells: Sequence[Cell], path: Path) -> Path:
+    """Per task (mean over runs) against the patched layer: above, the accuracy with the task vector
+    and with the function vector, zero-shot and ICL as horizontal lines; below, each method's
+    alignment with the task vector (solid) beside its SimAOU (dashed)."""
+    tasks = order_tasks({c.task for c in cells})
+    fig = Figure(figsize=(3.4 * len(tasks), 6.0))
+    axes = np.asarray(fig.subplots(2, len(tasks), squeeze=False))
+    for top, bottom, task in zip(axes[0], axes[1], tasks):
         for kind, color in ((TASK_VECTORS, "tab:green"), (FUNCTION_VECTORS, "tab:purple")):
             runs = [c for c in cells if c.kind == kind and c.task == task]
             if runs:
-                ax.plot(np.mean([c.record["layers"]["accuracy"] for c in runs], axis=0), marker=".", color=color, label=kind)
+                top.plot(np.mean([c.record["layers"]["accuracy"] for c in runs], axis=0), marker=".", color=color, label=kind)
         runs = [c for c in cells if c.task == task]
-        ax.axhline(np.mean([c.record["accuracy"]["zs"] for c in runs]), color="grey", linestyle=":", label="zero-shot")
-        ax.axhline(np.mean([c.record["accuracy"]["icl"] for c in runs]), color=METHOD_COLORS["gd"], linestyle="--",
-                   label="ICL")  # fmt: skip
-        ax.set_title(task_label(task))
-        ax.set_xlabel("layer")
-        ax.set_ylim(0, 1)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7)
+        top.axhline(np.mean([c.record["accuracy"]["zs"] for c in runs]), color="grey", linestyle=":", label="zero-shot")
+        top.axhline(np.mean([c.record["accuracy"]["icl"] for c in runs]), color="black", linestyle="--", label="ICL")
+        top.set_title(task_label(task))
+        top.set_ylim(0, 1)
+        _plot_alignment(bottom, [c for c in runs if c.kind == TASK_VECTORS], table_cells)
+        bottom.set_xlabel("layer")
+        for ax in (top, bottom):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].set_ylabel("accuracy")
+    axes[1, 0].set_ylabel("cosine")
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _plot_alignment(ax, runs: Sequence[VectorCell], table_cells: Sequence[Cell]) -> None:
+    for method in METHODS:
+        curves = [c.record["methods"][method]["alignment"] for c in runs if method in c.record["methods"]]
+        if curves:
+            values = np.asarray(curves, dtype=float)  # null (no direction) is NaN: left out of the mean
+            count = np.isfinite(values).sum(axis=0)
+            mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), np.nan)
+            ax.plot(mean, marker=".", color=METHOD_COLORS[method], label=f"{METHOD_LABELS[method]} · TV")
+        simaou = [t.per_layer["simaou"] for c in runs for t in table_cells if (t.task, t.variant, t.method, t.seed,
+                  t.perm) == (c.task, c.variant, method, c.seed, c.perm) and "simaou" in t.per_layer]  # fmt: skip
+        if simaou:
+            ax.plot(np.mean(simaou, axis=0), linestyle="--", color=METHOD_COLORS[method], label=f"{METHOD_LABELS[method]} SimAOU")
+    ax.axhline(0.0, color="grey", linewidth=0.6)
 
 
 def plot_cie(cells: Sequence[VectorCell], path: Path) -> Path:
