@@ -1,0 +1,91 @@
+"""Where SimAM_Δ lives, per layer, from a run directory's cached evaluations (jaxicl/analyses/map_updates.py):
+ICL's and each method's change of the attention logits, their ratio, SimAM_Δ, the share of positive
+per-head cosines and the mean |cosine|.
+
+Reads RUN_DIR/evals/<task>/<variant>/{zs.npz, seed<S>-perm<P>/{icl,gd-ft,lcgd-ft}.npz} (the trained
+model's zs.npz sits one level up); writes OUT/simam_anatomy.csv (task, variant, seed, perm,
+quantity, layer, value), OUT/simam_anatomy.png, and prints the layer means per task.
+
+    python experiments/simam_anatomy.py RUN_DIR --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo's jaxicl importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from jaxicl.analyses.map_updates import layer_profile  # noqa: E402
+from jaxicl.report.figures import METHOD_COLORS, _save  # noqa: E402
+from jaxicl.runner.rundir import load_eval  # noqa: E402
+
+METHODS = ("gd", "lcgd")
+
+
+def profiles(run_dir: Path) -> list[tuple[tuple, dict]]:
+    """((task, variant, seed, perm), layer profile) of every group with ICL and finetuned evaluations."""
+    out = []
+    for group in sorted((run_dir / "evals").glob("*/*/seed*-perm*")):
+        task, variant = group.parent.parent.name, group.parent.name
+        zs = load_eval(group.parent / "zs.npz") if variant == "trained" else load_eval(group / "zs.npz")
+        icl = load_eval(group / "icl.npz")
+        finetuned = {m: r for m in METHODS if (r := load_eval(group / f"{m}-ft.npz")) is not None}
+        if zs is None or icl is None or not finetuned:
+            continue
+        seed, perm = (int(x) for x in group.name.removeprefix("seed").split("-perm"))
+        out.append(((task, variant, seed, perm), layer_profile(zs, icl, finetuned)))
+    return out
+
+
+def plot(found: list[tuple[tuple, dict]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
+    for method in METHODS:
+        rows = [p for _, p in found if f"{method}_simam_delta" in p]
+        if not rows:
+            continue
+        color = METHOD_COLORS[method]
+        for ax, key in zip(axes, ("simam_delta", "update_over_icl", "mean_abs_cos")):
+            ax.plot(np.nanmean([r[f"{method}_{key}"] for r in rows], axis=0), marker=".", color=color, label=method.upper())
+    for ax, title in zip(axes, ("SimAM_Δ (mean over heads)", "‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖", "mean |per-head cosine|")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("layer")
+        ax.axhline(0.0 if "SimAM" in title else (1.0 if "/" in title else 0.0), color="grey", linewidth=0.6)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    found = profiles(args.run_dir)
+    if not found:
+        sys.exit(f"{args.run_dir}: no group with cached zero-shot, ICL and finetuned evaluations under evals/")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "simam_anatomy.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "variant", "seed", "perm", "quantity", "layer", "value"])
+        for key, profile in found:
+            for quantity, values in profile.items():
+                writer.writerows([*key, quantity, layer, repr(float(v))] for layer, v in enumerate(values))
+    plot(found, args.out / "simam_anatomy.png")
+    quantities = list(found[0][1])
+    print("task variant seed perm | layer means: " + ", ".join(quantities))
+    for key, profile in found:
+        print(*key, "|", " ".join(f"{np.nanmean(profile[q]):.3f}" for q in quantities))
+
+
+if __name__ == "__main__":
+    main()
