@@ -203,10 +203,19 @@ def test_the_layer_sweep_patches_each_layer_in_turn(model):
     for layer in range(config.n_layers):
         (one,) = evaluate_patched(params, config, ZS_PREFIX, QUERIES, SINGLE,
                                   patching.stack([patching.residual(config, layer, vectors[layer])]), EvalOptions(4, "last", ()))  # fmt: skip
-        assert sweep[layer] == one.accuracy(GOLD)
+        assert sweep[layer].mean() == one.accuracy(GOLD)
     zero = tv.layer_sweep(params, config, ZS_PREFIX, QUERIES, SINGLE, np.zeros_like(vectors), GOLD, add=True, batch_size=4)
     plain = evaluate(params, config, ZS_PREFIX, QUERIES, SINGLE, EvalOptions(4, "last", ())).accuracy(GOLD)
-    assert np.all(zero == plain)
+    assert np.all(zero.mean(axis=1) == plain)
+
+
+def test_the_heldout_accuracy_chooses_the_layer_on_the_other_queries():
+    correct = np.array([[1, 0, 1, 0, 1, 0],   # layer 0: right on the even queries only
+                        [0, 1, 0, 1, 0, 1],   # layer 1: right on the odd queries only
+                        [1, 1, 0, 0, 0, 0]])  # fmt: skip
+    # chosen on the even queries: layer 0, 0/3 right on the odd; on the odd: layer 1, 0/3 on the even
+    assert tv.heldout_accuracy(correct) == 0.0
+    assert tv.heldout_accuracy(np.array([[1, 1, 1, 0], [0, 0, 0, 0]])) == 0.75
 
 
 def test_cosine_and_spearman_by_hand():
@@ -272,6 +281,7 @@ def test_vector_cells_are_written_apart_resumable_deterministic_and_reported(tin
     fv_cell = json.loads((tmp_path / "a" / fv_path).read_text())
     layers, heads = tiny_lm.config.n_layers, tiny_lm.config.n_heads
     assert len(tv_cell["layers"]["accuracy"]) == layers and tv_cell["best_layer"] in range(layers)
+    assert 0 <= tv_cell["heldout_accuracy"] <= tv_cell["best_accuracy"]
     assert tv_cell["methods"]["gd"]["alignment"][0] is None  # GD never changes the embeddings
     assert np.asarray(fv_cell["cie"]).shape == (layers, heads) and len(fv_cell["top_heads"]) == 10
     assert fv_cell["cie_queries"] == 4 and set(fv_cell["methods"]) == {"gd", "lcgd"}

@@ -7,7 +7,8 @@ the label token (the run's default probe) could not change the label's score.
 
 - θ_L: the mean over the run's ICL prompts of the residual entering block L (`resid_pre`).
 - The layer sweep: θ_L replaces the residual entering block L in zero-shot forwards of the eval
-  queries; the accuracy per layer (all L patches vmapped, `scoring.evaluate_patched`).
+  queries; the accuracy per layer (all L patches vmapped, `scoring.evaluate_patched`), and the
+  accuracy at a layer chosen on other queries (`heldout_accuracy`).
 - GD alignment: per layer, the cosine between the finetuned model's change of that residual
   (finetuned zero-shot minus zero-shot) and the task vector's (θ_L minus zero-shot), per query,
   then averaged over queries.
@@ -38,12 +39,27 @@ def task_vectors(icl: EvalResult) -> np.ndarray:
 
 def layer_sweep(params: dict, config: ModelConfig, prefix, queries, candidates, vectors: np.ndarray,
                 gold: Sequence[int], add: bool, batch_size: int | str = 16, per_batch: int = 6) -> np.ndarray:
-    """Accuracy [L] of the queries after `prefix` with vectors[L] put into the residual entering
-    block L at the prediction position: replacing it (task vectors) or added to it (function vectors)."""
+    """Correctness [L, n] of each query after `prefix` with vectors[L] put into the residual entering
+    block L at the prediction position: replacing it (task vectors) or added to it (function
+    vectors). The mean over queries is each layer's accuracy."""
     patches = patching.stack([patching.residual(config, layer, vectors[layer], add) for layer in range(config.n_layers)])
     options = EvalOptions(batch_size=batch_size, probe="last", records=())
     results = evaluate_patched(params, config, prefix, queries, candidates, patches, options, per_batch)
-    return np.asarray([r.accuracy(gold) for r in results])
+    return np.asarray([r.predictions == np.asarray(gold) for r in results])
+
+
+def heldout_accuracy(correct: np.ndarray) -> float:
+    """The accuracy at a layer chosen on other queries: the best layer (the first of the highest) on
+    the even-numbered queries is scored on the odd-numbered ones and the other way round, weighted
+    by their counts. The best layer's own accuracy is chosen on the queries it is measured on, so
+    it overstates; this does not."""
+    correct = np.asarray(correct, bool)
+    folds = (np.arange(correct.shape[1]) % 2 == 0, np.arange(correct.shape[1]) % 2 == 1)
+    total = 0.0
+    for choose, score in (folds, folds[::-1]):
+        layer = int(np.argmax(correct[:, choose].mean(axis=1)))
+        total += correct[layer, score].sum()
+    return float(total / correct.shape[1])
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

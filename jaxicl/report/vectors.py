@@ -78,6 +78,7 @@ def _task_vector_rows(cells: Sequence[VectorCell], methods: Sequence[str]) -> li
                      fmt_stat(mean_std(c.record["accuracy"]["zs"] for c in runs)),
                      fmt_stat(mean_std(c.record["accuracy"]["icl"] for c in runs)),
                      fmt_stat(mean_std(c.record["best_accuracy"] for c in runs)),
+                     fmt_stat(mean_std(c.record["heldout_accuracy"] for c in runs if "heldout_accuracy" in c.record)),
                      ", ".join(map(str, best)), *align])  # fmt: skip
     return rows
 
@@ -108,6 +109,7 @@ def _function_vector_rows(cells: Sequence[VectorCell], methods: Sequence[str]) -
                      fmt_stat(mean_std(_total_effect(c) for c in runs if _total_effect(c) is not None), 3),
                      fmt_stat(mean_std(float(np.max(c.record["cie"])) for c in runs), 3),
                      fmt_stat(mean_std(c.record["best_accuracy"] for c in runs)),
+                     fmt_stat(mean_std(c.record["heldout_accuracy"] for c in runs if "heldout_accuracy" in c.record)),
                      ", ".join(str(c.record["best_layer"]) for c in runs),
                      " ".join(f"{layer}.{h}" for layer, h in first),
                      fmt_stat(mean_std(s for s in share if s is not None)), *rho])  # fmt: skip
@@ -121,11 +123,13 @@ def vectors_section(cells: Sequence[VectorCell], table_cells: Sequence[Cell], ou
     lines = ["## Task vectors (Hendel et al.; `jaxicl run --analyses task-vectors`)", ""]
     written = []
     if any(c.kind == TASK_VECTORS for c in cells):
-        header = ["task", "variant", "runs", "zero-shot", "ICL", "task vector (best layer)", "best layer per run",
+        header = ["task", "variant", "runs", "zero-shot", "ICL", "task vector (best layer)", "held out",
+                  "best layer per run",
                   *(f"cos({m} Δ, TV Δ), layer mean" for m in labels)]  # fmt: skip
         lines += md_table(header, _task_vector_rows(cells, methods)) + [""]
         lines += ["Accuracy with θ_L, the mean ICL residual entering block L at the query's last token, put into "
-                  "zero-shot runs there (best layer: the first of the highest). cos: per layer, the cosine between "
+                  "zero-shot runs there (best layer: the first of the highest; held out: at the layer chosen on the other "
+                  "half of the queries, even against odd). cos: per layer, the cosine between "
                   "the finetuned model's change of that residual and the task vector's, both against zero-shot, "
                   "averaged over queries and then over layers (per layer, beside SimAOU: task_vectors.csv)."]  # fmt: skip
         write_csv(out / "task_vectors.csv", ["task", "variant", "seed", "perm", "layer", "quantity", "value"],
@@ -136,7 +140,7 @@ def vectors_section(cells: Sequence[VectorCell], table_cells: Sequence[Cell], ou
     lines += ["", "## Function vectors (Todd et al.; `jaxicl run --analyses function-vectors`)", ""]
     if any(c.kind == FUNCTION_VECTORS for c in cells):
         header = ["task", "variant", "runs", "zero-shot", "ICL", "ICL, shuffled labels", "ICL's effect", "largest CIE",
-                  "FV (best layer)", "best layer per run",
+                  "FV (best layer)", "held out", "best layer per run",
                   "top heads (run 1)", "top-10 share of CIE",
                   *(f"ρ({m} {q}, CIE)" for m in labels for q in ("KV update", "Δz"))]  # fmt: skip
         lines += md_table(header, _function_vector_rows(cells, methods)) + [""]

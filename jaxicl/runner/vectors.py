@@ -67,9 +67,13 @@ def _header(config: RunConfig, cell: Cell, prompts: PromptSet) -> dict:
     }  # fmt: skip
 
 
-def _best(accuracy: np.ndarray) -> dict:
-    layer = int(np.argmax(accuracy))  # the first of equal bests
-    return {"best_layer": layer, "best_accuracy": float(accuracy[layer])}
+def _sweep(correct: np.ndarray) -> dict:
+    """A layer sweep's record: accuracy per layer, the best layer (the first of equal bests) and its
+    accuracy, and the accuracy at a layer chosen on other queries (tv.heldout_accuracy)."""
+    accuracy = correct.mean(axis=1)
+    layer = int(np.argmax(accuracy))
+    return {"layers": {"accuracy": accuracy.tolist()}, "best_layer": layer, "best_accuracy": float(accuracy[layer]),
+            "heldout_accuracy": tv.heldout_accuracy(correct)}
 
 
 def task_vector_record(lm, config: RunConfig, run_dir: Path, cell: Cell, prompts: PromptSet, params: dict,
@@ -78,8 +82,8 @@ def task_vector_record(lm, config: RunConfig, run_dir: Path, cell: Cell, prompts
     ev = _Evaluations(lm, config, run_dir, cell, prompts, params)
     zs, icl, gold = ev.zs(), ev.icl(), list(prompts.gold_labels)
     theta = tv.task_vectors(icl)
-    accuracy = tv.layer_sweep(params, lm.config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids,
-                              theta, gold, add=False, batch_size=config.batch_size)  # fmt: skip
+    correct = tv.layer_sweep(params, lm.config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids,
+                             theta, gold, add=False, batch_size=config.batch_size)  # fmt: skip
     methods = {}
     for method in config.methods:
         ft = ev.finetuned(method, finetuned(method))
@@ -87,8 +91,8 @@ def task_vector_record(lm, config: RunConfig, run_dir: Path, cell: Cell, prompts
     return {
         **_header(config, cell, prompts),
         "accuracy": {"zs": zs.accuracy(gold), "icl": icl.accuracy(gold)},
-        "layers": {"accuracy": accuracy.tolist(), "theta_norm": np.linalg.norm(theta, axis=-1).tolist()},
-        **_best(accuracy), "methods": methods, "config": config.to_json(), "versions": versions(),
+        **_sweep(correct), "theta_norm": np.linalg.norm(theta, axis=-1).tolist(),
+        "methods": methods, "config": config.to_json(), "versions": versions(),
     }  # fmt: skip
 
 
@@ -106,9 +110,9 @@ def function_vector_record(lm, config: RunConfig, run_dir: Path, cell: Cell, pro
                       mean_z, batch_size=config.batch_size)  # fmt: skip
     heads = fv.top_heads(cie, min(fv.TOP_HEADS, cie.size))
     vector = fv.function_vector(params, lm.config, mean_z, heads)
-    accuracy = tv.layer_sweep(params, lm.config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids,
-                              np.repeat(vector[None], lm.config.n_layers, axis=0), gold, add=True,
-                              batch_size=config.batch_size)  # fmt: skip
+    correct = tv.layer_sweep(params, lm.config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids,
+                             np.repeat(vector[None], lm.config.n_layers, axis=0), gold, add=True,
+                             batch_size=config.batch_size)  # fmt: skip
     scores_only = EvalOptions(batch_size=config.batch_size, probe="last", records=())
     shuffled = evaluate_across_hosts(params, lm.config, corrupted.prefix_ids, prompts.query_ids[:n], prompts.candidate_ids,
                                      scores_only)  # fmt: skip
@@ -126,8 +130,7 @@ def function_vector_record(lm, config: RunConfig, run_dir: Path, cell: Cell, pro
         "gold_probability": {"icl": float(fv.gold_probability(icl, gold)[:n].mean()),
                              "shuffled_icl": float(fv.gold_probability(shuffled, gold[:n]).mean())},
         "cie": cie.tolist(), "top_heads": [list(h) for h in heads], "fv_norm": float(np.linalg.norm(vector)),
-        "layers": {"accuracy": accuracy.tolist()}, **_best(accuracy),
-        "methods": methods, "config": config.to_json(), "versions": versions(),
+        **_sweep(correct), "methods": methods, "config": config.to_json(), "versions": versions(),
     }  # fmt: skip
 
 
