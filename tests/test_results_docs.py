@@ -9,8 +9,11 @@ The README keeps Table 2's six-task averages as its headline; Table 1 lives in d
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
+
+import numpy as np
 
 from jaxicl.report import METRIC_LABELS, PAPER_TASKS, TABLE_METRICS, VARIANT_LABELS
 
@@ -137,3 +140,26 @@ def test_order_table_matches_its_report():
         assert _numbers(cells[2])[0] == round(std[(task, "gd")], 3), cells
         ratio = std[(task, "icl")] / std[(task, "gd")]
         assert _numbers(cells[3])[0] == (round(ratio, 2) if ratio < 1 else round(ratio)), cells
+
+
+def test_vectors_table_matches_its_cells():
+    root = ROOT / "docs" / "results" / "vectors" / "analyses"
+    section = _section("## Task and function vectors against GD (`--analyses`)")
+    for label, task in TASK_BY_LABEL.items():
+        [cells] = _table_rows(section, label)
+        [tv_path] = (root / "task-vectors" / task / "trained").glob("*.json")
+        [fv_path] = (root / "function-vectors" / task / "trained").glob("*.json")
+        tv, fv = json.loads(tv_path.read_text()), json.loads(fv_path.read_text())
+
+        def r(x, digits=2):
+            return round(x, digits) + 0.0
+
+        assert _numbers(cells[1]) == [r(tv["accuracy"]["zs"])] and _numbers(cells[2]) == [r(tv["accuracy"]["icl"])], cells
+        assert _numbers(cells[3]) == [r(tv["best_accuracy"]), tv["best_layer"], r(tv["heldout_accuracy"])], cells
+        assert _numbers(cells[4]) == [r(fv["best_accuracy"]), fv["best_layer"], r(fv["heldout_accuracy"])], cells
+        effect = fv["gold_probability"]["icl"] - fv["gold_probability"]["shuffled_icl"]
+        assert _numbers(cells[5]) == [r(effect, 3), r(float(np.max(fv["cie"])), 3)], cells
+        align = [r(float(np.nanmean([np.nan if v is None else v for v in tv["methods"][m]["alignment"]])), 3)
+                 for m in ("gd", "lcgd")]  # fmt: skip
+        assert _numbers(cells[6]) == align, cells
+        assert _numbers(cells[7]) == [r(fv["methods"][m]["spearman_kv_cie"]) for m in ("gd", "lcgd")], cells
