@@ -49,10 +49,14 @@ def all_heads(config: ModelConfig) -> list[tuple[int, int]]:
 
 
 def cie_grid(params: dict, config: ModelConfig, corrupted_prefix, queries, candidates, gold: Sequence[int],
-             mean_z: np.ndarray, batch_size: int | str = 16, per_batch: int = 8) -> np.ndarray:
-    """CIE [L, H] of every query head, `per_batch` heads vmapped at a time."""
+             mean_z: np.ndarray, batch_size: int | str = 16, per_batch: int = 8,
+             corrupted: EvalResult | None = None) -> np.ndarray:
+    """CIE [L, H] of every query head, `per_batch` heads vmapped at a time. corrupted: the unpatched
+    scores of the same queries after `corrupted_prefix`, when the caller has them already."""
     options = EvalOptions(batch_size=batch_size, probe="last", records=())
-    base = gold_probability(evaluate(params, config, corrupted_prefix, queries, candidates, options), gold)
+    if corrupted is None:
+        corrupted = evaluate(params, config, corrupted_prefix, queries, candidates, options)
+    base = gold_probability(corrupted, gold)
     patches = _head_patches(config, mean_z, all_heads(config))
     results = evaluate_patched(params, config, corrupted_prefix, queries, candidates, patches, options, per_batch)
     effects = [float(np.mean(gold_probability(r, gold) - base)) for r in results]

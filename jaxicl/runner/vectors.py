@@ -106,16 +106,16 @@ def function_vector_record(lm, config: RunConfig, run_dir: Path, cell: Cell, pro
     labels = controls.shuffled_labels(prompts.demo_labels, cell.seed, cell.perm)
     corrupted = relabel(prompts, labels)
     n = min(config.cie_queries, prompts.n_eval)
+    scores_only = EvalOptions(batch_size=config.batch_size, probe="last", records=())
+    shuffled = evaluate_across_hosts(params, lm.config, corrupted.prefix_ids, prompts.query_ids[:n], prompts.candidate_ids,
+                                     scores_only)  # fmt: skip
     cie = fv.cie_grid(params, lm.config, corrupted.prefix_ids, prompts.query_ids[:n], prompts.candidate_ids, gold[:n],
-                      mean_z, batch_size=config.batch_size)  # fmt: skip
+                      mean_z, batch_size=config.batch_size, corrupted=shuffled)  # fmt: skip
     heads = fv.top_heads(cie, min(fv.TOP_HEADS, cie.size))
     vector = fv.function_vector(params, lm.config, mean_z, heads)
     correct = tv.layer_sweep(params, lm.config, prompts.zs_prefix_ids, prompts.query_ids, prompts.candidate_ids,
                              np.repeat(vector[None], lm.config.n_layers, axis=0), gold, add=True,
                              batch_size=config.batch_size)  # fmt: skip
-    scores_only = EvalOptions(batch_size=config.batch_size, probe="last", records=())
-    shuffled = evaluate_across_hosts(params, lm.config, corrupted.prefix_ids, prompts.query_ids[:n], prompts.candidate_ids,
-                                     scores_only)  # fmt: skip
     methods = {}
     for method in config.methods:
         tuned = finetuned(method)
