@@ -63,6 +63,10 @@ RUN = [  # (extra arguments, the message's words)
     (["--order-permutations", "1"], "order sensitivity needs P >= 2 permutations (0: off), got 1"),
     (["--only", "method=sgd"], "--only method=sgd matches no cell of this config's grid (its methods: gd, lcgd)"),
     (["--only", "colour=red"], "--only takes KEY=V1,V2 with KEY one of task, variant, method, seed, perm"),
+    (["--lcgd-readout", "mlp"], "--lcgd-readout: unknown 'mlp'; choose from block, attn"),
+    (["--layer-reduction", "max"], "--layer-reduction: unknown 'max'; choose from sum, mean"),
+    (["--finetune-dtype", "float16"], "--finetune-dtype: unknown 'float16'; choose from float32, bfloat16"),
+    (["--stepped", "q"], "--stepped: unknown 'q'; choose from kv, k, v"),
     (["--data-dir", "@empty"], "missing split file"),
     (["--model", "no-such-model"], "--model 'no-such-model' is neither a registry name (gemma3-270m, smollm2-135m, "
                                    "qwen2.5-coder-0.5b)"),

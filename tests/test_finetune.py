@@ -122,6 +122,23 @@ def test_bf16_compute_option_runs_close_to_fp32():
     np.testing.assert_allclose(b.losses, a.losses, rtol=2e-2)
 
 
+@pytest.mark.parametrize("stepped, moves, stays", [("k", "k", "v"), ("v", "v", "k")])
+def test_stepping_only_keys_or_only_values_leaves_the_other_as_it_was(stepped, moves, stays):
+    config, params = LLAMA, random_params(LLAMA)
+    options = F.FinetuneOptions(lr=0.1, objective=F.LCGD, stepped=stepped)
+    result = F.finetune(params, config, SEQS[:2], options)
+    both = F.finetune(params, config, SEQS[:2], dataclasses.replace(options, stepped="kv"))
+    np.testing.assert_array_equal(result.params["blocks"][stays]["w"], params["blocks"][stays]["w"])
+    assert np.abs(np.asarray(result.params["blocks"][moves]["w"] - params["blocks"][moves]["w"])).max() > 1e-4
+    assert np.abs(np.asarray(both.params["blocks"][stays]["w"] - params["blocks"][stays]["w"])).max() > 1e-4
+    # a saved run's key follows the mask it stepped; the default's key is the one saved before `stepped` existed
+    keys = {s: F.run_key(config, SEQS[:2], dataclasses.replace(options, stepped=s), F.default_mask(
+        config, dataclasses.replace(options, stepped=s)), "base") for s in ("kv", "k", "v")}  # fmt: skip
+    assert len(set(keys.values())) == 3
+    with pytest.raises(ValueError, match="stepped must be one of"):
+        F.FinetuneOptions(lr=0.1, stepped="q")
+
+
 def test_options_for_task_use_the_paper_learning_rate():
     opts = F.FinetuneOptions.for_task(get_task("sst2"), "lcgd")
     assert opts.lr == 0.0005 and opts.objective == F.LCGD

@@ -5,6 +5,7 @@
     run      the paper's protocol over a grid of cells, resumable
     tune     learning-rate selection, resumable
     study    the protocol on several models and their claims side by side
+    ablate   LCGD against GD on SimAM_Δ, one finetuning factor changed at a time
     models   the registry names and supported families
     report   tables and figures of a run directory
 """
@@ -14,12 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxicl.cli import evaluate, models, probs, report, run, study, tune
+from jaxicl.cli import ablate, evaluate, models, probs, report, run, study, tune
 from jaxicl.cli.args import default_compile_cache  # noqa: F401  (part of the command's Python face)
 from jaxicl.cli.probs import label_logprobs  # noqa: F401
 from jaxicl.errors import JaxiclError
 
-SUBCOMMANDS = (probs, evaluate, run, tune, study, models, report)
+SUBCOMMANDS = (probs, evaluate, run, tune, study, ablate, models, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,6 +83,18 @@ def add_grid(parser: argparse.ArgumentParser) -> None:
                         help="finetuning loss over every token after BOS (the authors') or the label tokens only")  # fmt: skip
 
 
+def add_finetuning(parser: argparse.ArgumentParser) -> None:
+    """How finetuning departs from the authors' code, one factor each (the LCGD ablations' flags)."""
+    parser.add_argument("--lcgd-readout", default="block",
+                        help="LCGD's per-layer readout: block (the authors' code) or attn (the paper's formula)")
+    parser.add_argument("--layer-reduction", default="sum",
+                        help="LCGD's per-layer losses: sum (the authors' code) or mean")
+    parser.add_argument("--finetune-dtype", default="float32",
+                        help="finetuning's compute dtype: float32 or bfloat16 (float32 master weights either way)")
+    parser.add_argument("--stepped", default="kv",
+                        help="the attention projections finetuning steps: kv (keys and values), k or v")  # fmt: skip
+
+
 def add_run_dir(parser: argparse.ArgumentParser, out_help: str, batch_runs_help: str) -> None:
     """--out, --force, --batch-runs and --compile-cache: the resumable directory and the engine."""
     parser.add_argument("--out", required=True, help=out_help)

@@ -6,7 +6,16 @@ import argparse
 import shlex
 import sys
 
-from jaxicl.cli.args import add_data, add_grid, add_model, add_run_dir, csv, enable_compile_cache, pairs
+from jaxicl.cli.args import (
+    add_data,
+    add_finetuning,
+    add_grid,
+    add_model,
+    add_run_dir,
+    csv,
+    enable_compile_cache,
+    pairs,
+)  # fmt: skip
 from jaxicl.data.tasks import get_task
 from jaxicl.errors import InputError
 from jaxicl.runner.checkpoints import parse_checkpoints, run_checkpoints
@@ -37,6 +46,8 @@ def config_of(args: argparse.Namespace) -> RunConfig:
         cross_task=pairs(args.cross_task), order_permutations=args.order_permutations,
         checkpoints=None if args.checkpoints is None else parse_checkpoints(args.checkpoints),
         stability_check=args.stability_check, analyses=csv(args.analyses) or (), cie_queries=args.cie_queries,
+        lcgd_readout=args.lcgd_readout, layer_reduction=args.layer_reduction, finetune_dtype=args.finetune_dtype,
+        stepped=args.stepped,
     )  # fmt: skip
 
 
@@ -78,6 +89,7 @@ def add(sub) -> None:
     parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
                         help="run only this slice of the grid now, e.g. method=gd or task=sst2,mr (repeatable; KEY: "
                         "task, variant, method, seed, perm); rerun without it for the rest")
+    add_finetuning(parser)
     parser.add_argument("--lrs", default="paper", metavar="paper|selected|FILE.json",
                         help="learning rates: the paper's, RUN_DIR/lr_selection.json from `jaxicl tune`, or a file")
     parser.add_argument("--controls", default=None, metavar="C1,C2",

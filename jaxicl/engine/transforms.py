@@ -317,15 +317,19 @@ def mask_from_predicate(config: ModelConfig, predicate: Callable[[str, int | Non
     return ParamMask(tuple(entries))
 
 
-def kv_mask(config: ModelConfig, layers: Iterable[int] | None = None) -> ParamMask:
-    """Attention key and value projections, weights and biases where the family has them, of every
-    layer or of `layers`. Under GQA/MQA these are the shared KV heads ([d, n_kv_heads * hd])."""
+def kv_mask(config: ModelConfig, layers: Iterable[int] | None = None, parts: Iterable[str] = ("k", "v")) -> ParamMask:
+    """Attention key and value projections (or only `parts` of them: "k", "v"), weights and biases
+    where the family has them, of every layer or of `layers`. Under GQA/MQA these are the shared KV
+    heads ([d, n_kv_heads * hd])."""
     chosen = None if layers is None else {int(i) for i in layers}
     if chosen is not None and not chosen <= set(range(config.n_layers)):
         raise TrainingError(f"layers {sorted(chosen)} outside [0, {config.n_layers})")
+    parts = tuple(parts)
+    if not parts or not set(parts) <= {"k", "v"}:
+        raise TrainingError(f"parts must name 'k' and/or 'v', got {list(parts)}")
     return mask_from_predicate(
         config,
-        lambda path, layer: path.split("/")[:2] in (["blocks", "k"], ["blocks", "v"])
+        lambda path, layer: path.split("/")[:2] in [["blocks", p] for p in parts]
         and (chosen is None or layer in chosen),
     )
 

@@ -17,8 +17,8 @@ import jax
 from jaxicl.analyses import controls, order
 from jaxicl.data.prompts import PromptSet, build_prompts
 from jaxicl.data.tasks import PAPER_TASKS, get_task
+from jaxicl.engine.finetune import COMPUTE_DTYPES, STEPPED, FinetuneOptions, Objective
 from jaxicl.engine.finetune import METHODS as OBJECTIVES
-from jaxicl.engine.finetune import FinetuneOptions, Objective
 from jaxicl.engine.scoring import RECORD_TAPS, EvalOptions
 from jaxicl.errors import InputError
 from jaxicl.io.registry import DEFAULT_MODEL
@@ -34,6 +34,8 @@ ANALYSES = ("task-vectors", "function-vectors")  # per-run cells of jaxicl/analy
 ANALYSIS_KEYS = ("task", "variant", "seed", "perm", "layers", "methods")
 PROBES = ("label", "last")
 LOSS_TOKENS = ("all", "label")
+LAYER_REDUCTIONS = ("sum", "mean")
+LCGD_READOUTS = ("block", "attn")
 TOKEN_RECORD = "attn_out" + EVERY_POSITION  # attn_out at every query token (--token-wise)
 
 
@@ -56,6 +58,8 @@ class RunConfig:
     loss_tokens: str = "all"
     layer_reduction: str = "sum"
     lcgd_readout: str = "block"
+    finetune_dtype: str = "float32"  # finetuning's compute dtype; the stepped params stay float32
+    stepped: str = "kv"  # the attention projections finetuning steps: "kv" (the paper's), "k" or "v"
     metric_seed: int = 0
     data_dir: str | None = None
     lrs: tuple[tuple[str, float], ...] | None = None  # (task, rate) pairs; None: each task's paper rate
@@ -144,8 +148,10 @@ def check_config(config: RunConfig, only: dict[str, Sequence[str]] | None = None
     checks.check_count("--n-eval", config.n_eval)
     checks.check_batch_size(config.batch_size)
     for flag, value, allowed in (("--probe", config.probe, PROBES), ("--loss-tokens", config.loss_tokens, LOSS_TOKENS),
-                                 ("layer_reduction", config.layer_reduction, ("sum", "mean")),
-                                 ("lcgd_readout", config.lcgd_readout, ("block", "attn"))):  # fmt: skip
+                                 ("--layer-reduction", config.layer_reduction, LAYER_REDUCTIONS),
+                                 ("--lcgd-readout", config.lcgd_readout, LCGD_READOUTS),
+                                 ("--finetune-dtype", config.finetune_dtype, COMPUTE_DTYPES),
+                                 ("--stepped", config.stepped, tuple(STEPPED))):  # fmt: skip
         checks.check_choices(flag, (value,), allowed)
     for task in tasks:
         config.learning_rate(task)  # a rate for every task: its own, or --lrs's
@@ -237,11 +243,13 @@ def token_wise_bytes(config: RunConfig, model_config, prompts: PromptSet) -> tup
 
 def finetune_options(config: RunConfig, task, method: str):
     """The finetuning settings of a task and method under this config: its rate (`--lrs`), the
-    method's objective and the loss tokens (also `jaxicl tune`'s, with the rate replaced)."""
+    method's objective, the loss tokens, the compute dtype and the stepped projections (also
+    `jaxicl tune`'s, with the rate replaced)."""
     lr, _ = config.learning_rate(task)
     objective = Objective() if method == "gd" else Objective(
         readout=config.lcgd_readout, causal=True, layer_reduction=config.layer_reduction)
-    return FinetuneOptions(lr=lr, objective=objective, loss_tokens=config.loss_tokens)
+    return FinetuneOptions(lr=lr, objective=objective, loss_tokens=config.loss_tokens,
+                           compute_dtype=config.finetune_dtype, stepped=config.stepped)  # fmt: skip
 
 
 BATCH_RUNS = ("auto", "on", "off")

@@ -37,6 +37,7 @@ STUDY_FILE = "study.json"  # per model: status, skipped tasks, seconds per stage
 UNTRAINED = ("trained-embeddings", "no-training")
 # Settings that change a cell's numbers, besides its task, run, variant, method and rate.
 CELL_SETTINGS = ("k", "n_eval", "max_len", "separator", "probe", "loss_tokens", "layer_reduction", "lcgd_readout",
+                 "finetune_dtype", "stepped",
                  "metric_seed", "token_wise")  # fmt: skip
 
 

@@ -16,14 +16,14 @@ from jaxicl.engine.finetune.cache import finetune_cached, finetune_many_cached, 
 from jaxicl.engine.finetune.demos import demo_arrays, demo_batch
 from jaxicl.engine.finetune.many import finetune_many
 from jaxicl.engine.finetune.objective import GD, LCGD, METHODS, DemoBatch, Objective, objective_loss
-from jaxicl.engine.finetune.options import FinetuneOptions, StepSpec, optimizer
+from jaxicl.engine.finetune.options import COMPUTE_DTYPES, STEPPED, FinetuneOptions, StepSpec, default_mask, optimizer
 from jaxicl.engine.finetune.result import FinetuneResult, stack_trees
 from jaxicl.engine.finetune.single import evaluate_finetuned, finetune, finetune_prompts
 from jaxicl.engine.finetune.step import StepStats, train_run_many, train_step, train_step_many
 
 __all__ = [
-    "GD", "LCGD", "METHODS", "DemoBatch", "FinetuneOptions", "FinetuneResult", "Objective", "StepSpec",
-    "StepStats", "demo_arrays", "demo_batch", "evaluate_finetuned", "finetune", "finetune_cached",
+    "COMPUTE_DTYPES", "GD", "LCGD", "METHODS", "STEPPED", "DemoBatch", "FinetuneOptions", "FinetuneResult", "Objective", "StepSpec",
+    "StepStats", "default_mask", "demo_arrays", "demo_batch", "evaluate_finetuned", "finetune", "finetune_cached",
     "finetune_many", "finetune_many_cached", "finetune_prompts", "objective_loss", "optimizer", "run_key",
     "stack_trees", "train_run_many", "train_step", "train_step_many",
 ]  # fmt: skip

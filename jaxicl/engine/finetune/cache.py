@@ -17,7 +17,7 @@ from jaxicl.engine import batch_size
 from jaxicl.engine import transforms as T
 from jaxicl.engine.finetune.demos import Ids
 from jaxicl.engine.finetune.many import finetune_many, is_per_set
-from jaxicl.engine.finetune.options import FinetuneOptions
+from jaxicl.engine.finetune.options import FinetuneOptions, default_mask
 from jaxicl.engine.finetune.result import FinetuneResult
 from jaxicl.engine.finetune.single import finetune
 from jaxicl.errors import TrainingError
@@ -38,7 +38,8 @@ def run_key(
     return checkpoint.fingerprint(
         {
             "model": config.fingerprint_fields(),
-            "options": dataclasses.asdict(options),
+            # `stepped` only chooses the default mask, which is hashed itself (and saved keys stay valid)
+            "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "stepped"},
             "mask": [list(e) for e in mask.entries],
             "sequences": [list(map(int, s)) for s in sequences],
             "label_starts": None if label_starts is None else list(map(int, label_starts)),
@@ -69,7 +70,7 @@ def finetune_cached(
     and records are broadcast, so every process goes on from the same params; if not, every process
     finetunes (same data, same deterministic steps: simpler than one trainer plus a broadcast, and
     each needs the params for its share of the evaluation) and process 0 alone saves."""
-    mask = mask or T.kv_mask(config)
+    mask = mask or default_mask(config, options)
     base = base if base is not None else checkpoint.array_fingerprint(params)
     key = run_key(config, sequences, options, mask, base, label_starts)
     stepped, rest = T.split_params(params, mask.paths)
@@ -117,7 +118,7 @@ def finetune_many_cached(
     set's key). Out of device memory, the runs are retried half as many at a time (warning with
     the size), down to one; a diverged set raises (naming the set) before anything of this batch
     is saved."""
-    mask = mask or T.kv_mask(config)
+    mask = mask or default_mask(config, options)
     starts = label_starts_sets or [None] * len(sequence_sets)
     rates = lrs if lrs is not None else [options.lr] * len(sequence_sets)
     set_options = [dataclasses.replace(options, lr=r) for r in rates]

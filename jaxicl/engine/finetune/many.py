@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from jaxicl.engine import transforms as T
 from jaxicl.engine.finetune.demos import Ids, check_demos, compute_copy, padded_length, step_batch
-from jaxicl.engine.finetune.options import FinetuneOptions, StepSpec, optimizer
+from jaxicl.engine.finetune.options import FinetuneOptions, StepSpec, default_mask, optimizer
 from jaxicl.engine.finetune.result import FinetuneResult, fetch_stats, first_divergence, make_result, stack_trees
 from jaxicl.engine.finetune.step import train_run_many, train_step_many
 from jaxicl.errors import DivergenceError, TrainingError
@@ -63,7 +63,7 @@ def finetune_many(
     result is returned; a diverged one says why in `diverged`: a learning-rate sweep goes on)."""
     if on_divergence not in ("raise", "mark"):
         raise TrainingError(f"on_divergence must be 'raise' or 'mark', got {on_divergence!r}")
-    mask = mask or T.kv_mask(config)
+    mask = mask or default_mask(config, options)
     n_sets = len(sequence_sets)
     starts = list(params) if is_per_set(params) else None
     rates = [options.lr] * n_sets if lrs is None else [dataclasses.replace(options, lr=r).lr for r in lrs]

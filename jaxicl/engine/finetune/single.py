@@ -14,7 +14,7 @@ import numpy as np
 from jaxicl.data.prompts import PromptSet
 from jaxicl.engine import transforms as T
 from jaxicl.engine.finetune.demos import Ids, check_demos, compute_copy, demo_arrays, padded_length, to_device_batch
-from jaxicl.engine.finetune.options import FinetuneOptions, StepSpec, optimizer
+from jaxicl.engine.finetune.options import FinetuneOptions, StepSpec, default_mask, optimizer
 from jaxicl.engine.finetune.result import FinetuneResult, fetch_stats, first_divergence, make_result
 from jaxicl.engine.finetune.step import train_step
 from jaxicl.engine.scoring import EvalOptions, EvalResult, evaluate
@@ -41,7 +41,7 @@ def finetune(
 
     mask: what is stepped (default: keys/values of every layer). demo_names: how errors name a
     demonstration (e.g. its dataset index). Raises TrainingError on a non-finite loss/gradient."""
-    mask = mask or T.kv_mask(config)
+    mask = mask or default_mask(config, options)
     seqs = check_demos(config, sequences, label_starts, options)
     spec = StepSpec.of(options)
     trainable, frozen = T.split_params(params, mask.paths)

@@ -1,0 +1,161 @@
+"""`jaxicl ablate`: what LCGD's SimAM_Δ depends on, one finetuning factor changed at a time.
+
+Each factor is one resumable run directory OUT/<factor>/ of the trained model. The baseline is the
+authors' setting (LCGD's block readout, losses summed over layers, loss on every token, keys and
+values stepped) at GD's selected rates, computed in float32. Every other factor changes one
+RunConfig field, or LCGD's rate (its own selection by `jaxicl tune --method lcgd`, in
+OUT/tune-lcgd/). A factor that changes LCGD alone runs LCGD alone; its GD is the baseline's.
+
+The zero-shot and ICL evaluations do not depend on the factor, nor does GD's in an LCGD-only factor;
+they are copied from the baseline's directory instead of recomputed. The last step writes the table,
+the CSV and the per-layer figure (`jaxicl.report.ablation`) to OUT/summary, or to `publish`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from jaxicl.api import load
+from jaxicl.errors import InputError
+from jaxicl.io.atomic import write_bytes_atomic
+from jaxicl.io.registry import DEFAULT_MODEL
+from jaxicl.io.results import write_json_atomic
+from jaxicl.report.ablation import write_ablation
+from jaxicl.runner import checks
+from jaxicl.runner.execute import run
+from jaxicl.runner.layout import EVALS, SELECTION_FILE
+from jaxicl.runner.plan import RunConfig, check_config
+from jaxicl.runner.tune import TuneConfig, rates_for, tune
+
+ABLATION_FILE = "ablation.json"  # the config and the seconds per factor (summed over invocations)
+BASELINE = "baseline"
+LCGD_RATE = "lcgd-rate"
+# LCGD sums one loss per layer, so its steps are larger than GD's at a rate: its grid is GD's (Dai's)
+# two decades lower, {1..9} x {1e-3..1e-6}.
+LCGD_GRID = tuple(float(f"{m}e-{e}") for e in (3, 4, 5, 6) for m in range(1, 10))
+
+
+@dataclasses.dataclass(frozen=True)
+class Factor:
+    """One change against the baseline: RunConfig fields, or LCGD's own rate; `methods`: those it touches."""
+
+    name: str
+    what: str
+    changes: tuple[tuple[str, Any], ...] = ()
+    methods: tuple[str, ...] = ("gd", "lcgd")
+
+
+FACTORS = (
+    Factor(BASELINE, "the authors' LCGD (block readout, layer losses summed, every token, keys and values) "
+           "at GD's rate, float32"),
+    Factor(LCGD_RATE, "LCGD at its own selected rate (`jaxicl tune --method lcgd`)", methods=("lcgd",)),
+    Factor("readout-attn", "LCGD reads each attention output, the paper's formula", (("lcgd_readout", "attn"),),
+           ("lcgd",)),
+    Factor("layer-mean", "LCGD's layer losses averaged instead of summed", (("layer_reduction", "mean"),), ("lcgd",)),
+    Factor("label-loss", "the loss on the label tokens only", (("loss_tokens", "label"),)),
+    Factor("bfloat16", "finetuning computed in bfloat16 with float32 master weights (the authors ran fp16)",
+           (("finetune_dtype", "bfloat16"),)),
+    Factor("keys-only", "only the keys stepped", (("stepped", "k"),)),
+    Factor("values-only", "only the values stepped", (("stepped", "v"),)),
+)  # fmt: skip
+FACTOR_NAMES = tuple(f.name for f in FACTORS)
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationConfig:
+    """gd_rates: GD's selected rates (an lr_selection.json, or a file of {task: rate}); the
+    baseline and every factor but `lcgd-rate` finetune both methods at them."""
+
+    gd_rates: str
+    model: str = DEFAULT_MODEL
+    tasks: tuple[str, ...] = ("sst2", "subj", "cb")
+    n_runs: int | None = None  # each task's three paper runs
+    factors: tuple[str, ...] = FACTOR_NAMES
+    tune_runs: int | None = 1  # the LCGD tune's runs per task: LCGD steps cost about five of GD's
+    lcgd_grid: tuple[float, ...] = LCGD_GRID
+    search: str = "coarse-to-unimodal"
+    k: int = 32
+    n_eval: int | None = 200
+    batch_size: int | str = 16
+    data_dir: str | None = None
+
+    def factor(self, name: str) -> Factor:
+        return FACTORS[FACTOR_NAMES.index(name)]
+
+    def tune_config(self) -> TuneConfig:
+        return TuneConfig(model=self.model, tasks=self.tasks, n_runs=self.tune_runs, method="lcgd",
+                          grid=self.lcgd_grid, search=self.search, k=self.k, batch_size=self.batch_size,
+                          data_dir=self.data_dir)  # fmt: skip
+
+    def run_config(self, factor: Factor, rates: dict[str, float], source: str) -> RunConfig:
+        return RunConfig(model=self.model, tasks=self.tasks, n_runs=self.n_runs, methods=factor.methods, k=self.k,
+                         n_eval=self.n_eval, batch_size=self.batch_size, data_dir=self.data_dir,
+                         lrs=tuple(sorted(rates.items())), lrs_source=source, **dict(factor.changes))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def check_ablation(config: AblationConfig) -> dict[str, float]:
+    """Every setting, before a model loads or a directory is written; returns GD's rates."""
+    unknown = [f for f in config.factors if f not in FACTOR_NAMES]
+    if unknown:
+        raise InputError(f"--factors: unknown {', '.join(unknown)}; known: {', '.join(FACTOR_NAMES)}")
+    if BASELINE not in config.factors:
+        raise InputError(f"--factors must include {BASELINE}: every factor is compared with it")
+    tasks = [t.name for t in checks.check_tasks(config.tasks)]
+    if config.gd_rates in ("paper", "selected"):
+        raise InputError(f"--gd-rates must be GD's lr_selection.json (or a {{task: rate}} file), got {config.gd_rates!r}")
+    rates = rates_for(config.gd_rates, tasks, None)
+    for name in config.factors:
+        if name != LCGD_RATE:
+            check_config(config.run_config(config.factor(name), rates, config.gd_rates))
+    config.tune_config()  # its own checks
+    return rates
+
+
+def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | None = None, lm=None,
+           batch_runs: str = "auto") -> dict:
+    """Every factor's run directory (the baseline first), then the summary; returns ablation.json."""
+    gd_rates = check_ablation(config)
+    out = Path(out)
+    record_path = out / ABLATION_FILE
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"seconds": {}}
+    record["config"] = config.to_json()
+    lm = lm or load(config.model)
+    for name in sorted(config.factors, key=lambda n: n != BASELINE):
+        factor = config.factor(name)
+        start = time.perf_counter()
+        try:
+            if name == LCGD_RATE:
+                tune(config.tune_config(), out / "tune-lcgd", lm=lm, batch_runs=batch_runs)
+                source = str(out / "tune-lcgd" / SELECTION_FILE)
+                rates = rates_for(source, list(gd_rates), None)
+            else:
+                rates, source = gd_rates, config.gd_rates
+            run_config = config.run_config(factor, rates, source)
+            if name != BASELINE:
+                reuse_evaluations(out / BASELINE, out / name, factor)
+            run(run_config, out / name, lm=lm, batch_runs=batch_runs)
+        finally:
+            record["seconds"][name] = record["seconds"].get(name, 0.0) + time.perf_counter() - start
+            write_json_atomic(record_path, record)
+    write_ablation(out, [config.factor(n) for n in config.factors], Path(publish or out / "summary"))
+    return record
+
+
+def reuse_evaluations(baseline: Path, target: Path, factor: Factor) -> int:
+    """Copy the baseline's evaluations that `factor` does not change into its directory: zero-shot,
+    ICL, and GD's finetuned model where the factor touches LCGD alone. Returns how many."""
+    keep = {"zs.npz", "icl.npz"} | ({"gd-ft.npz"} if "gd" not in factor.methods else set())
+    copied = 0
+    for path in sorted((baseline / EVALS).rglob("*.npz")):
+        dest = target / EVALS / path.relative_to(baseline / EVALS)
+        if path.name in keep and not dest.exists():
+            write_bytes_atomic(dest, path.read_bytes())
+            copied += 1
+    return copied

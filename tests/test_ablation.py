@@ -1,0 +1,99 @@
+"""`jaxicl ablate` on a tiny model: each factor's run directory, the evaluations it reuses from the
+baseline, LCGD's own tune, the summary's CSV, table and figure, the resume, and the refused inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from jaxicl import cli  # noqa: E402
+from jaxicl.errors import InputError  # noqa: E402
+from jaxicl.studies import ablation  # noqa: E402
+from tests.test_experiment import task_spec  # noqa: E402,F401  (fixture)
+from tests.test_hf_parity import _save_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gemma3")
+    _save_tiny("gemma3", path)
+    return str(path)
+
+
+def _rates(tmp_path, task_spec) -> str:
+    path = tmp_path / "gd_rates.json"
+    path.write_text(json.dumps({"tiny": 0.05}))
+    return str(path)
+
+
+@pytest.mark.slow  # a tiny model tuned and run under four factors, then resumed
+def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(tiny_model, task_spec, tmp_path,
+                                                                              capsys):
+    factors = "baseline,lcgd-rate,readout-attn,keys-only"
+    argv = ["ablate", "--model", tiny_model, "--gd-rates", _rates(tmp_path, task_spec), "--tasks", task_spec,
+            "--n-runs", "2", "--factors", factors, "--search", "full", "--lcgd-grid", "0.005,0.02", "--k", "4",
+            "--n-eval", "6", "--batch-size", "4", "--out", str(tmp_path / "out"), "--compile-cache", "off"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = tmp_path / "out"
+    cells = {f: sorted(p.name for p in (out / f / "cells").rglob("*.json")) for f in factors.split(",")}
+    assert cells["baseline"] == cells["keys-only"] == ["gd-seed1-perm0.json", "gd-seed2-perm1.json",
+                                                       "lcgd-seed1-perm0.json", "lcgd-seed2-perm1.json"]
+    assert cells["lcgd-rate"] == cells["readout-attn"] == ["lcgd-seed1-perm0.json", "lcgd-seed2-perm1.json"]
+    tuned = json.loads((out / "tune-lcgd" / "lr_selection.json").read_text())
+    lcgd_rate = tuned["tasks"]["tiny"]["chosen"]["lr"]
+    cell = json.loads(next((out / "lcgd-rate" / "cells").rglob("lcgd-seed1-perm0.json")).read_text())
+    assert tuned["config"]["method"] == "lcgd" and cell["lr"] == lcgd_rate
+    keys_only = json.loads(next((out / "keys-only" / "cells").rglob("lcgd-seed1-perm0.json")).read_text())
+    assert keys_only["config"]["stepped"] == "k" and keys_only["alpha"]  # α: this factor's own GD
+    base = json.loads(next((out / "baseline" / "cells").rglob("lcgd-seed1-perm0.json")).read_text())
+    assert keys_only["scalar"]["simam_delta"] != base["scalar"]["simam_delta"]
+    # ICL's evaluation is the baseline's, copied; an LCGD-only factor also takes GD's, so its α is computed
+    group = ("evals", "tiny", "trained", "seed1-perm0")
+    for name in ("readout-attn", "keys-only"):
+        assert out.joinpath(name, *group, "icl.npz").read_bytes() == out.joinpath("baseline", *group, "icl.npz").read_bytes()
+    assert out.joinpath("readout-attn", *group, "gd-ft.npz").read_bytes() == out.joinpath(
+        "baseline", *group, "gd-ft.npz").read_bytes()  # fmt: skip
+    assert json.loads(next((out / "readout-attn" / "cells").rglob("lcgd-seed1-perm0.json")).read_text())["alpha"]
+    with open(out / "summary" / "lcgd_simam_ablation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["factor"], r["method"]) for r in rows] == [(f, m) for f in factors.split(",") for m in ("gd", "lcgd")]
+    by = {(r["factor"], r["method"]): r for r in rows}
+    assert by[("readout-attn", "gd")]["cells_from"] == "baseline" and by[("keys-only", "gd")]["cells_from"] == "keys-only"
+    assert by[("readout-attn", "gd")]["simam_delta"] == by[("baseline", "gd")]["simam_delta"]
+    for r in rows:
+        mean, lo, hi = (float(r[k]) for k in ("simam_delta", "simam_delta_lo", "simam_delta_hi"))
+        assert lo <= mean <= hi and r["n_runs"] == "2" and np.isfinite(float(r["map_update_over_icl"]))
+        assert float(r["lcgd_minus_gd_lo"]) <= float(r["lcgd_minus_gd_simam_delta"]) <= float(r["lcgd_minus_gd_hi"])
+    gd, lcgd = by[("baseline", "gd")], by[("baseline", "lcgd")]
+    assert float(lcgd["lcgd_minus_gd_simam_delta"]) == pytest.approx(float(lcgd["simam_delta"]) - float(gd["simam_delta"]))
+    summary = (out / "summary" / "README.md").read_text()
+    assert summary.count("LCGD − GD on SimAM_Δ averages") == 4 and "| keys-only |" in summary
+    assert (out / "summary" / "lcgd_simam_layers.png").stat().st_size > 1000
+    record = json.loads((out / ablation.ABLATION_FILE).read_text())
+    assert set(record["seconds"]) == set(factors.split(","))
+    done = {p: p.stat().st_mtime_ns for p in out.rglob("cells/**/*.json")}
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # the rerun computes nothing
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("cells/**/*.json")} == done
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"factors": ("baseline", "nosuch")}, "--factors: unknown nosuch; known: baseline, lcgd-rate"),
+    ({"factors": ("keys-only",)}, "--factors must include baseline"),
+    ({"gd_rates": "paper"}, "--gd-rates must be GD's lr_selection.json"),
+    ({"tasks": ("sst2", "mr")}, "has no learning rate for task mr"),
+    ({"lcgd_grid": (0.1, -1.0)}, "learning rate -1.0 in the grid"),
+])  # fmt: skip
+def test_a_bad_ablation_is_refused_before_a_model_loads(changes, message, tmp_path, monkeypatch):
+    rates = tmp_path / "rates.json"
+    rates.write_text(json.dumps({"sst2": 1e-4}))
+    monkeypatch.setattr(ablation, "load", lambda *a: pytest.fail("loaded a model before the checks"))
+    config = ablation.AblationConfig(**({"gd_rates": str(rates), "tasks": ("sst2",)} | changes))
+    with pytest.raises(InputError, match=message):
+        ablation.ablate(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
