@@ -35,3 +35,29 @@ def test_a_zero_mean_from_large_cancelling_heads_is_told_apart_from_small_update
     np.testing.assert_allclose(p["gd_simam_delta"], [0.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(p["gd_mean_abs_cos"], [0.0, 1.0])
     np.testing.assert_allclose(p["gd_share_positive"], [0.0, 0.5])
+
+
+def test_under_rotary_positions_icl_leaves_layer_0s_query_logits_as_they_were_and_under_absolute_ones_it_does_not():
+    """Why layer 0's SimAM_Δ is rounding noise on a rotary model: the probe's logits over the query's
+    own tokens depend on their content and relative positions only, and at layer 0 the content is the
+    embeddings, whatever came before. Learned absolute positions move them: the demonstrations shift
+    every query token's position, which adds a change that no task content causes."""
+    import jax.numpy as jnp
+
+    from jaxicl.models.transformer import forward
+    from tests.test_transforms import GEMMA, GPT2, LLAMA, random_params
+
+    query, demos = [10, 11, 12, 13, 14], list(range(30, 50))
+
+    def probe_logits(config, params, prefix):
+        ids = jnp.asarray([prefix + query])
+        out = forward(params, config, ids, logits_at=None, taps=("attn_scores",), tap_at=jnp.asarray([ids.shape[1] - 1]))
+        scores = np.asarray(out.taps["attn_scores"])[:, 0]  # [L, H, S]
+        return scores[..., len(prefix): len(prefix) + len(query)]
+
+    for config, moves_layer_0 in ((LLAMA, False), (GEMMA, False), (GPT2, True)):
+        params = random_params(config)
+        zs, icl = probe_logits(config, params, [1]), probe_logits(config, params, [1] + demos)
+        change = np.abs(icl - zs).max(axis=(1, 2))  # per layer
+        assert (change[0] > 1e-2) == moves_layer_0, (config.family, change)
+        assert change[1] > 1e-2, (config.family, change)  # deeper, the demonstrations' content moves them
