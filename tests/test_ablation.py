@@ -68,6 +68,7 @@ def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(
     for r in rows:
         mean, lo, hi = (float(r[k]) for k in ("simam_delta", "simam_delta_lo", "simam_delta_hi"))
         assert lo <= mean <= hi and r["n_runs"] == "2" and np.isfinite(float(r["map_update_over_icl"]))
+        assert 0 <= float(r["share_positive"]) <= 1 and 0 < float(r["mean_abs_cos"]) <= 1
         assert float(r["lcgd_minus_gd_lo"]) <= float(r["lcgd_minus_gd_simam_delta"]) <= float(r["lcgd_minus_gd_hi"])
     gd, lcgd = by[("baseline", "gd")], by[("baseline", "lcgd")]
     assert float(lcgd["lcgd_minus_gd_simam_delta"]) == pytest.approx(float(lcgd["simam_delta"]) - float(gd["simam_delta"]))

@@ -26,10 +26,11 @@ from jaxicl.report.stats import Stat, method_difference, metric_stat, order_task
 from jaxicl.runner.layout import EVALS
 
 BASELINE = "baseline"
+COSINE_KEYS = ("share_positive", "mean_abs_cos")  # of the per-head cosines SimAM_Δ averages (map_updates)
 METRICS = ("simam_delta", "simaou")
 CSV_HEADER = ("factor", "task", "method", "cells_from", "n_runs", "lr", "ft_accuracy", "simam_delta",
               "simam_delta_lo", "simam_delta_hi", "simam_delta_from_layer_1", "simaou", "simaou_lo", "simaou_hi",
-              "map_update_over_icl", "lcgd_minus_gd_simam_delta", "lcgd_minus_gd_lo", "lcgd_minus_gd_hi")  # fmt: skip
+              "map_update_over_icl", *COSINE_KEYS, "lcgd_minus_gd_simam_delta", "lcgd_minus_gd_lo", "lcgd_minus_gd_hi")  # fmt: skip
 
 
 class FactorLike(Protocol):
@@ -51,6 +52,7 @@ class Entry:
     stats: Mapping[str, Stat | None]
     from_layer_1: float | None  # SimAM_Δ over layers 1.. (under rotary positions layer 0's is rounding noise)
     update_over_icl: np.ndarray | None  # [L] ‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖, mean over runs (NaN: no ICL update)
+    cosines: Mapping[str, float]  # share of per-head cosines above 0, mean |cosine|: means over layers and runs
     simam_delta_layers: np.ndarray | None  # [L] mean over runs
 
 
@@ -77,8 +79,9 @@ def _entry(out: Path, factor: FactorLike, task: str, method: str, cells: Mapping
         warnings.simplefilter("ignore", RuntimeWarning)
         ratio = np.nanmean([p[f"{method}_update_over_icl"] for p in profiles], axis=0) if profiles else None
     layers = np.mean([c.per_layer["simam_delta"] for c in mine], axis=0)
+    cosines = {k: float(np.mean([p[f"{method}_{k}"] for p in profiles])) for k in COSINE_KEYS} if profiles else {}
     return Entry(factor.name, task, method, source, mine, stats, float(np.mean(layers[1:])) if len(layers) > 1 else None,
-                 ratio, layers)  # fmt: skip
+                 ratio, cosines, layers)  # fmt: skip
 
 
 def entries(out: Path, factors: Sequence[FactorLike]) -> list[Entry]:
@@ -118,6 +121,7 @@ def csv_rows(found: Sequence[Entry]) -> list[list]:
         lrs = sorted({c.lr for c in e.cells if c.lr is not None})
         rows.append([e.factor, e.task, e.method, e.cells_from, len(e.cells), "/".join(map(csv_num, lrs)),
                      _accuracy(e), delta.mean, *delta.ci, e.from_layer_1, aou.mean, *aou.ci, ratio,
+                     *(e.cosines.get(k) for k in COSINE_KEYS),
                      *((diff[0], *diff[1]) if diff else (None, None, None))])  # fmt: skip
     return rows
 
