@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jaxicl import cli
+from jaxicl.errors import InputError
 from jaxicl.runner import lock
 from jaxicl.runner.layout import LOCK_FILE
 
@@ -149,3 +150,16 @@ def test_the_report_reads_a_directory_while_its_run_holds_it(tmp_path):
     with lock.holding(run_dir):
         md = write_report(run_dir).read_text()
     assert "Runs per task (GD/LCGD): SST2 1/0" in md and ".tmp" not in md
+
+
+def test_a_run_directory_that_is_a_dangling_link_or_a_file_is_refused_by_name(tmp_path):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InputError, match=r"is a link to .*nowhere, which does not exist"):
+        lock.acquire(link)
+    (tmp_path / "nowhere").mkdir()
+    lock.release(link, lock.acquire(link))  # the same link, once its target exists
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    with pytest.raises(InputError, match="is a file, not a directory"):
+        lock.acquire(plain)

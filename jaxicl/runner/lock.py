@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from jaxicl.errors import JaxiclError
+from jaxicl.errors import InputError, JaxiclError
 from jaxicl.io.atomic import storage_error
 from jaxicl.runner.layout import LOCK_FILE
 from jaxicl.runtime import distributed
@@ -97,10 +97,20 @@ def _refusal(run_dir: Path, path: Path, holder: dict | None) -> BusyError:
                      f"is taken over by the next command")  # fmt: skip
 
 
+def _make_run_dir(run_dir: Path) -> None:
+    """The run directory, or an error naming what stands in its place (a file, a link to nowhere)."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise InputError(f"--out {run_dir} is a link to {os.readlink(run_dir)}, which does not exist; "
+                         f"create that directory or point --out elsewhere")  # fmt: skip
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {run_dir} is a file, not a directory; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
 def acquire(run_dir: str | os.PathLike, command: str | None = None) -> dict:
     """Take the directory's lock; BusyError naming the holder when another command has it."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(run_dir)
     path = run_dir / LOCK_FILE
     me = os.getpid()
     mine = {"pid": me, "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
