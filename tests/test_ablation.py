@@ -69,6 +69,8 @@ def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(
         mean, lo, hi = (float(r[k]) for k in ("simam_delta", "simam_delta_lo", "simam_delta_hi"))
         assert lo <= mean <= hi and r["n_runs"] == "2" and np.isfinite(float(r["map_update_over_icl"]))
         assert 0 <= float(r["share_positive"]) <= 1 and 0 < float(r["mean_abs_cos"]) <= 1
+        assert -1 <= float(r["simam_delta_centered"]) <= 1 and 0 <= float(r["shift_share"]) <= 1
+        assert 0 <= float(r["shift_up"]) <= 1 and 0 <= float(r["shift_agreement"]) <= 1
         assert float(r["lcgd_minus_gd_lo"]) <= float(r["lcgd_minus_gd_simam_delta"]) <= float(r["lcgd_minus_gd_hi"])
     gd, lcgd = by[("baseline", "gd")], by[("baseline", "lcgd")]
     assert float(lcgd["lcgd_minus_gd_simam_delta"]) == pytest.approx(float(lcgd["simam_delta"]) - float(gd["simam_delta"]))
@@ -83,8 +85,17 @@ def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("cells/**/*.json")} == done
 
 
+def test_a_rate_factor_runs_both_methods_at_a_multiple_of_gds_rates():
+    factor = ablation.AblationConfig(gd_rates="x").factor("rate-x10")
+    assert factor.methods == ("gd", "lcgd") and factor.rate_scale == 10.0
+    assert ablation.scaled({"sst2": 1e-4, "cb": 4e-3}, factor) == {"sst2": 1e-3, "cb": 4e-2}
+    assert ablation.scaled({"sst2": 1e-4}, ablation.AblationConfig(gd_rates="x").factor("baseline")) == {"sst2": 1e-4}
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"factors": ("baseline", "nosuch")}, "--factors: unknown nosuch; known: baseline, lcgd-rate"),
+    ({"factors": ("baseline", "rate-x0")}, "rate-x0: the scale after rate-x must be a positive number"),
+    ({"factors": ("baseline", "rate-xfast")}, "rate-xfast: the scale after rate-x must be a positive number"),
     ({"factors": ("keys-only",)}, "--factors must include baseline"),
     ({"gd_rates": "paper"}, "--gd-rates must be GD's lr_selection.json"),
     ({"tasks": ("sst2", "mr")}, "has no learning rate for task mr"),

@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 
-from jaxicl.analyses.map_updates import layer_profile, update_norms
+from jaxicl.analyses.map_updates import centered_simam_delta_per_head, layer_profile, shift_share, split_update, update_norms
 
 
 def _run(maps: np.ndarray, lengths) -> types.SimpleNamespace:
@@ -35,6 +35,30 @@ def test_a_zero_mean_from_large_cancelling_heads_is_told_apart_from_small_update
     np.testing.assert_allclose(p["gd_simam_delta"], [0.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(p["gd_mean_abs_cos"], [0.0, 1.0])
     np.testing.assert_allclose(p["gd_share_positive"], [0.0, 0.5])
+
+
+def test_a_uniform_shift_is_split_from_the_pattern_over_valid_tokens_only():
+    ref = np.zeros((1, 1, 1, 4))
+    m = np.array([[[[3.0, 1.0, 2.0, 99.0]]]])  # the last token is past the map length
+    shift, centered = split_update(ref, m, np.array([3]))
+    np.testing.assert_allclose(shift[0, 0, 0], 2.0)
+    np.testing.assert_allclose(centered[0, 0, 0], [1.0, -1.0, 0.0, 0.0])
+    np.testing.assert_allclose(shift_share(ref, m, np.array([3]))[0, 0, 0], 12.0 / 14.0)  # 3·2² / (12 + 2)
+
+
+def test_opposite_shifts_around_the_same_pattern_hide_agreement_that_the_centered_cosine_shows():
+    """ICL lowers the query's logits and moves the pattern; FT raises them with the same pattern:
+    SimAM_Δ is negative, its centered form is 1, and the shifts disagree in sign."""
+    zs = np.zeros((1, 1, 1, 3))
+    pattern = np.array([1.0, -1.0, 0.0])
+    icl, ft = (zs + (pattern + s)[None, None, None] for s in (-3.0, 3.0))
+    np.testing.assert_allclose(centered_simam_delta_per_head(zs, icl, ft, np.array([3]))[0, 0, 0], 1.0)
+    p = layer_profile(_run(zs, [3]), _run(icl, [3]), {"lcgd": _run(ft, [3])})
+    assert p["lcgd_simam_delta"][0] < -0.8
+    np.testing.assert_allclose(p["lcgd_simam_delta_centered"], [1.0])
+    assert p["icl_shift_up"] == [0.0] and p["lcgd_shift_up"] == [1.0] and p["lcgd_shift_agreement"] == [0.0]
+    np.testing.assert_allclose(p["lcgd_shift_share"], [27.0 / 29.0])
+    np.testing.assert_allclose(p["icl_shift_share"], [27.0 / 29.0])
 
 
 def test_under_rotary_positions_icl_leaves_layer_0s_query_logits_as_they_were_and_under_absolute_ones_it_does_not():

@@ -5,10 +5,18 @@ SimAM_Δ of a layer is the mean over examples and heads of cos(m_ICL − m_ZS, m
 attention logits of the probe over the query's tokens. A near-zero mean can be tiny updates, large
 updates pointed elsewhere, or large agreeing and disagreeing heads that cancel; these numbers tell
 which. Everything is over each example's valid tokens (its map length), in float64.
+
+Each head's update splits into a uniform shift (its mean over the query's tokens: every token's
+logit raised or lowered alike) and a centered rest (which of the query's tokens gain or lose
+against each other). The shift moves attention between the query and the rest of the row (the
+sink, the demonstrations) and says nothing about which query token is read; the centered rest is
+the attention pattern over the query. SimAM_Δ mixes the two; `centered_simam_delta_per_head`
+compares the patterns alone.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,15 +38,49 @@ def update_norms(m_ref: np.ndarray, m: np.ndarray, lengths: np.ndarray) -> np.nd
     return np.linalg.norm(_valid(m[..., :width], lengths) - _valid(m_ref[..., :width], lengths), axis=-1)
 
 
+def split_update(m_ref: np.ndarray, m: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shift [n, L, H], centered [n, L, H, T]): m − m_ref's mean over each example's valid tokens,
+    and the update minus it (zero past the valid tokens)."""
+    width = min(m.shape[-1], m_ref.shape[-1])
+    lengths = np.asarray(lengths)
+    delta = _valid(m[..., :width], lengths) - _valid(m_ref[..., :width], lengths)
+    shift = delta.sum(axis=-1) / np.maximum(lengths, 1)[:, None, None]
+    mask = np.arange(width)[None, None, None, :] < lengths[:, None, None, None]
+    return shift, np.where(mask, delta - shift[..., None], 0.0)
+
+
+def shift_share(m_ref: np.ndarray, m: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """[n, L, H]: the share of ‖m − m_ref‖² that the uniform shift carries (T·shift² / ‖Δ‖²; NaN
+    where the update is zero)."""
+    shift, centered = split_update(m_ref, m, lengths)
+    energy_shift = np.asarray(lengths)[:, None, None] * shift**2
+    total = energy_shift + (centered**2).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, energy_shift / total, np.nan)
+
+
+def centered_simam_delta_per_head(m_ref: np.ndarray, m_a: np.ndarray, m_b: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """[n, L, H] cos of the centered updates: SimAM_Δ with each head's uniform shift taken out."""
+    _, a = split_update(m_ref, m_a, lengths)
+    _, b = split_update(m_ref, m_b, lengths)
+    return metrics.cosine(a, b)
+
+
 def layer_profile(zs, icl, finetuned: Mapping[str, object]) -> dict[str, list[float]]:
     """Per layer, from EvalResult-like zero-shot, ICL and finetuned runs (records["attn_scores"],
     map_lengths): ICL's update size, and per method its update size, the size ratio to ICL's (NaN
     where ICL's update is float rounding: RATIO_FLOOR),
-    SimAM_Δ, the share of (example, head) cosines above zero and the mean |cosine|."""
+    SimAM_Δ, the share of (example, head) cosines above zero and the mean |cosine|; and the
+    uniform shift's anatomy: SimAM_Δ of the centered updates, the shift's share of the update's
+    energy, the share of heads whose shift is upward, and the share whose shift has ICL's sign."""
     lengths = np.asarray(zs.map_lengths)
     m_zs, m_icl = zs.records[MAPS], icl.records[MAPS]
     icl_norm = update_norms(m_zs, m_icl, lengths).mean(axis=(0, 2))
-    out = {"icl_update": icl_norm.tolist()}
+    icl_shift, _ = split_update(m_zs, m_icl, lengths)
+    with warnings.catch_warnings():  # rotary layer 0: ICL's update is zero, its share NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = {"icl_update": icl_norm.tolist(), "icl_shift_share": np.nanmean(shift_share(m_zs, m_icl, lengths), axis=(0, 2)).tolist(),
+               "icl_shift_up": (icl_shift > 0).mean(axis=(0, 2)).tolist()}  # fmt: skip
     for method, ft in finetuned.items():
         norm = update_norms(m_zs, ft.records[MAPS], lengths).mean(axis=(0, 2))
         cos = metrics.simam_delta_per_head(m_zs, m_icl, ft.records[MAPS], lengths)  # [n, L, H]
@@ -51,4 +93,13 @@ def layer_profile(zs, icl, finetuned: Mapping[str, object]) -> dict[str, list[fl
             f"{method}_share_positive": (cos > 0).mean(axis=(0, 2)).tolist(),
             f"{method}_mean_abs_cos": np.abs(cos).mean(axis=(0, 2)).tolist(),
         }
+        shift, _ = split_update(m_zs, ft.records[MAPS], lengths)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out |= {
+                f"{method}_simam_delta_centered": centered_simam_delta_per_head(m_zs, m_icl, ft.records[MAPS], lengths).mean(axis=(0, 2)).tolist(),
+                f"{method}_shift_share": np.nanmean(shift_share(m_zs, ft.records[MAPS], lengths), axis=(0, 2)).tolist(),
+                f"{method}_shift_up": (shift > 0).mean(axis=(0, 2)).tolist(),
+                f"{method}_shift_agreement": (np.sign(shift) == np.sign(icl_shift)).mean(axis=(0, 2)).tolist(),
+            }  # fmt: skip
     return out

@@ -39,7 +39,7 @@ def add(sub) -> None:
                         help="GD's selected rates (a tune's lr_selection.json or a {task: rate} file)")
     parser.add_argument("--tasks", default="sst2,subj,cb")
     parser.add_argument("--n-runs", type=int, default=None, help="only the first N (seed, perm) runs of each task")
-    parser.add_argument("--factors", default=",".join(FACTOR_NAMES), help=f"any of {', '.join(FACTOR_NAMES)}")
+    parser.add_argument("--factors", default=",".join(FACTOR_NAMES), help=f"any of {', '.join(FACTOR_NAMES)}, or rate-x<S> (both methods at S times GD's rate)")
     parser.add_argument("--tune-runs", type=int, default=1, help="runs per task of LCGD's own tune (lcgd-rate)")
     parser.add_argument("--search", choices=SEARCHES, default="coarse-to-unimodal", help="LCGD's tune's search")
     parser.add_argument("--lcgd-grid", default=None, help="LCGD's tune's rates (default: {1..9} x {1e-3..1e-6})")

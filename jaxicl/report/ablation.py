@@ -26,7 +26,9 @@ from jaxicl.report.stats import Stat, method_difference, metric_stat, order_task
 from jaxicl.runner.layout import EVALS
 
 BASELINE = "baseline"
-COSINE_KEYS = ("share_positive", "mean_abs_cos")  # of the per-head cosines SimAM_Δ averages (map_updates)
+# From map_updates' layer profile, means over layers and runs: the per-head cosines SimAM_Δ averages,
+# SimAM_Δ of the centered updates, and the uniform shift's share of the update, direction and sign agreement with ICL's.
+COSINE_KEYS = ("share_positive", "mean_abs_cos", "simam_delta_centered", "shift_share", "shift_up", "shift_agreement")
 METRICS = ("simam_delta", "simaou")
 CSV_HEADER = ("factor", "task", "method", "cells_from", "n_runs", "lr", "ft_accuracy", "simam_delta",
               "simam_delta_lo", "simam_delta_hi", "simam_delta_from_layer_1", "simaou", "simaou_lo", "simaou_hi",
@@ -52,7 +54,7 @@ class Entry:
     stats: Mapping[str, Stat | None]
     from_layer_1: float | None  # SimAM_Δ over layers 1.. (under rotary positions layer 0's is rounding noise)
     update_over_icl: np.ndarray | None  # [L] ‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖, mean over runs (NaN: no ICL update)
-    cosines: Mapping[str, float]  # share of per-head cosines above 0, mean |cosine|: means over layers and runs
+    cosines: Mapping[str, float]  # COSINE_KEYS: means over layers and runs
     simam_delta_layers: np.ndarray | None  # [L] mean over runs
 
 
@@ -79,7 +81,9 @@ def _entry(out: Path, factor: FactorLike, task: str, method: str, cells: Mapping
         warnings.simplefilter("ignore", RuntimeWarning)
         ratio = np.nanmean([p[f"{method}_update_over_icl"] for p in profiles], axis=0) if profiles else None
     layers = np.mean([c.per_layer["simam_delta"] for c in mine], axis=0)
-    cosines = {k: float(np.mean([p[f"{method}_{k}"] for p in profiles])) for k in COSINE_KEYS} if profiles else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cosines = {k: float(np.nanmean([p[f"{method}_{k}"] for p in profiles])) for k in COSINE_KEYS} if profiles else {}
     return Entry(factor.name, task, method, source, mine, stats, float(np.mean(layers[1:])) if len(layers) > 1 else None,
                  ratio, cosines, layers)  # fmt: skip
 
@@ -126,14 +130,18 @@ def csv_rows(found: Sequence[Entry]) -> list[list]:
     return rows
 
 
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
 def _ci(mean: float, ci: tuple[float, float]) -> str:
     return f"{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def table(found: Sequence[Entry], factors: Sequence[FactorLike]) -> list[str]:
     """factor × task rows: each method's SimAM_Δ, LCGD − GD, SimAOU, accuracy and map update."""
-    header = ["factor", "task", "GD SimAM_Δ", "LCGD SimAM_Δ", "LCGD − GD", "SimAOU GD / LCGD",
-              "accuracy GD / LCGD", "map update / ICL's, GD / LCGD"]  # fmt: skip
+    header = ["factor", "task", "GD SimAM_Δ", "LCGD SimAM_Δ", "LCGD − GD", "centered SimAM_Δ GD / LCGD",
+              "SimAOU GD / LCGD", "accuracy GD / LCGD", "map update / ICL's, GD / LCGD"]  # fmt: skip
     rows = []
     for (factor, task), both in _pairs(found).items():
         if not {"gd", "lcgd"} <= both.keys():
@@ -143,6 +151,7 @@ def table(found: Sequence[Entry], factors: Sequence[FactorLike]) -> list[str]:
         ratio = [("—" if e.update_over_icl is None else f"{np.nanmean(e.update_over_icl):.2f}") for e in (gd, lcgd)]
         rows.append([factor, task_label(task), *(_ci(e.stats["simam_delta"].mean, e.stats["simam_delta"].ci) for e in (gd, lcgd)),
                      "—" if diff is None else _ci(*diff),
+                     " / ".join(_num(e.cosines.get("simam_delta_centered")) for e in (gd, lcgd)),
                      f"{gd.stats['simaou'].mean:.3f} / {lcgd.stats['simaou'].mean:.3f}",
                      f"{_accuracy(gd):.3f} / {_accuracy(lcgd):.3f}", " / ".join(ratio)])  # fmt: skip
     return md_table(header, rows)
@@ -202,7 +211,9 @@ def write_ablation(out: str | Path, factors: Sequence[FactorLike], dest: str | P
     write_csv(dest / "lcgd_simam_ablation.csv", CSV_HEADER, csv_rows(found))
     lines = ["# LCGD and SimAM_Δ: one factor at a time", "",
              "SimAM_Δ and LCGD − GD with 95% hierarchical-bootstrap intervals (runs, then eval examples); "
-             "the map update is ‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖, averaged over layers and runs.", "",
+             "the map update is ‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖, and centered SimAM_Δ compares the updates with "
+             "each head's uniform shift over the query taken out (the pattern alone), both averaged over layers "
+             "and runs.", "",
              *verdicts(found, factors), "", *table(found, factors), "",
              "![SimAM_Δ and map update per layer](lcgd_simam_layers.png)", ""]  # fmt: skip
     if found:

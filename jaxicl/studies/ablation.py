@@ -47,6 +47,7 @@ class Factor:
     what: str
     changes: tuple[tuple[str, Any], ...] = ()
     methods: tuple[str, ...] = ("gd", "lcgd")
+    rate_scale: float = 1.0  # both methods at GD's rates times this (rate-x<S>)
 
 
 FACTORS = (
@@ -63,6 +64,20 @@ FACTORS = (
     Factor("values-only", "only the values stepped", (("stepped", "v"),)),
 )  # fmt: skip
 FACTOR_NAMES = tuple(f.name for f in FACTORS)
+RATE_SCALE = "rate-x"  # rate-x<S>: GD and LCGD at S times GD's selected rates (e.g. rate-x10, rate-x0.1)
+
+
+def rate_factor(name: str) -> Factor | None:
+    """The factor `rate-x<S>` names, None for any other name; an InputError for a bad S."""
+    if not name.startswith(RATE_SCALE):
+        return None
+    try:
+        scale = float(name.removeprefix(RATE_SCALE))
+    except ValueError:
+        scale = float("nan")
+    if not (scale > 0 and scale != float("inf")):
+        raise InputError(f"--factors: {name}: the scale after {RATE_SCALE} must be a positive number, e.g. {RATE_SCALE}10")
+    return Factor(name, f"GD and LCGD at {scale:g} times GD's selected rate", rate_scale=scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +99,7 @@ class AblationConfig:
     data_dir: str | None = None
 
     def factor(self, name: str) -> Factor:
-        return FACTORS[FACTOR_NAMES.index(name)]
+        return rate_factor(name) or FACTORS[FACTOR_NAMES.index(name)]
 
     def tune_config(self) -> TuneConfig:
         return TuneConfig(model=self.model, tasks=self.tasks, n_runs=self.tune_runs, method="lcgd",
@@ -102,9 +117,10 @@ class AblationConfig:
 
 def check_ablation(config: AblationConfig) -> dict[str, float]:
     """Every setting, before a model loads or a directory is written; returns GD's rates."""
-    unknown = [f for f in config.factors if f not in FACTOR_NAMES]
+    unknown = [f for f in config.factors if f not in FACTOR_NAMES and rate_factor(f) is None]
     if unknown:
-        raise InputError(f"--factors: unknown {', '.join(unknown)}; known: {', '.join(FACTOR_NAMES)}")
+        raise InputError(f"--factors: unknown {', '.join(unknown)}; known: {', '.join(FACTOR_NAMES)}, "
+                         f"{RATE_SCALE}<S>")  # fmt: skip
     if BASELINE not in config.factors:
         raise InputError(f"--factors must include {BASELINE}: every factor is compared with it")
     tasks = [t.name for t in checks.check_tasks(config.tasks)]
@@ -113,7 +129,7 @@ def check_ablation(config: AblationConfig) -> dict[str, float]:
     rates = rates_for(config.gd_rates, tasks, None)
     for name in config.factors:
         if name != LCGD_RATE:
-            check_config(config.run_config(config.factor(name), rates, config.gd_rates))
+            check_config(config.run_config(config.factor(name), scaled(rates, config.factor(name)), config.gd_rates))
     config.tune_config()  # its own checks
     return rates
 
@@ -136,7 +152,7 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
                 source = str(out / "tune-lcgd" / SELECTION_FILE)
                 rates = rates_for(source, list(gd_rates), None)
             else:
-                rates, source = gd_rates, config.gd_rates
+                rates, source = scaled(gd_rates, factor), config.gd_rates
             run_config = config.run_config(factor, rates, source)
             if name != BASELINE:
                 reuse_evaluations(out / BASELINE, out / name, factor)
@@ -146,6 +162,10 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
             write_json_atomic(record_path, record)
     write_ablation(out, [config.factor(n) for n in config.factors], Path(publish or out / "summary"))
     return record
+
+
+def scaled(rates: dict[str, float], factor: Factor) -> dict[str, float]:
+    return rates if factor.rate_scale == 1.0 else {t: float(f"{r * factor.rate_scale:.6g}") for t, r in rates.items()}
 
 
 def reuse_evaluations(baseline: Path, target: Path, factor: Factor) -> int:
