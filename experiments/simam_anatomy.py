@@ -1,6 +1,7 @@
 """Where SimAM_Δ lives, per layer, from a run directory's cached evaluations (jaxicl/analyses/map_updates.py):
 ICL's and each method's change of the attention logits, their ratio, SimAM_Δ, the share of positive
-per-head cosines and the mean |cosine|.
+per-head cosines and the mean |cosine|; SimAM_Δ with each head's uniform shift over the query taken
+out (centered), the shift's share of the update and the share of heads that shift upward.
 
 Reads RUN_DIR/evals/<task>/<variant>/{zs.npz, seed<S>-perm<P>/{icl,gd-ft,lcgd-ft}.npz} (the trained
 model's zs.npz sits one level up); writes OUT/simam_anatomy.csv (task, variant, seed, perm,
@@ -43,24 +44,34 @@ def profiles(run_dir: Path) -> list[tuple[tuple, dict]]:
     return out
 
 
+PANELS = (  # (profile key, title, reference line, log scale)
+    ("simam_delta", "SimAM_Δ (mean over heads)", 0.0, False),
+    ("simam_delta_centered", "SimAM_Δ, uniform shifts taken out", 0.0, False),
+    ("update_over_icl", "‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖", 1.0, True),
+    ("shift_share", "uniform shift's share of ‖update‖²", None, False),
+    ("shift_up", "share of heads shifted upward", 0.5, False),
+)
+
+
 def plot(found: list[tuple[tuple, dict]], path: Path) -> None:
+    """One panel per PANELS entry, per method the mean over groups per layer (ICL's too where it has one)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 3.4))
-    axes = fig.subplots(1, 3)
-    for method in METHODS:
-        rows = [p for _, p in found if f"{method}_simam_delta" in p]
-        if not rows:
-            continue
-        color = METHOD_COLORS[method]
-        for ax, key in zip(axes, ("simam_delta", "update_over_icl", "mean_abs_cos")):
-            ax.plot(np.nanmean([r[f"{method}_{key}"] for r in rows], axis=0), marker=".", color=color, label=method.upper())
-    for ax, title in zip(axes, ("SimAM_Δ (mean over heads)", "‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖", "mean |per-head cosine|")):
+    fig = Figure(figsize=(4.0 * len(PANELS), 3.4))
+    axes = fig.subplots(1, len(PANELS))
+    for ax, (key, title, line, log) in zip(axes, PANELS):
+        for method, color in (("icl", "black"), *((m, METHOD_COLORS[m]) for m in METHODS)):
+            rows = [p[f"{method}_{key}"] for _, p in found if f"{method}_{key}" in p]
+            if rows:
+                with np.errstate(all="ignore"):
+                    ax.plot(np.nanmean(rows, axis=0), marker=".", color=color, label=method.upper())
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("layer")
-        ax.axhline(0.0 if "SimAM" in title else (1.0 if "/" in title else 0.0), color="grey", linewidth=0.6)
+        if line is not None:
+            ax.axhline(line, color="grey", linewidth=0.6)
+        if log:
+            ax.set_yscale("log")
         ax.legend(fontsize=8)
-    axes[1].set_yscale("log")
     fig.tight_layout()
     _save(fig, path)
 
