@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import numpy as np
+import pytest
 
 from jaxicl.analyses.map_updates import centered_simam_delta_per_head, layer_profile, shift_share, split_update, update_norms
 
@@ -85,3 +86,36 @@ def test_under_rotary_positions_icl_leaves_layer_0s_query_logits_as_they_were_an
         change = np.abs(icl - zs).max(axis=(1, 2))  # per layer
         assert (change[0] > 1e-2) == moves_layer_0, (config.family, change)
         assert change[1] > 1e-2, (config.family, change)  # deeper, the demonstrations' content moves them
+
+
+def test_the_anatomy_script_reads_a_run_directorys_cached_evaluations(tmp_path, capsys, monkeypatch):
+    """experiments/simam_anatomy.py on hand-made cached evaluations: the CSV's rows per quantity and
+    layer, the figure, and the centered SimAM_Δ of an update that only adds a shift to ICL's pattern."""
+    import csv
+    import importlib.util
+
+    from jaxicl.runner.rundir import save_npz_atomic
+
+    def save(path, maps):
+        save_npz_atomic(path, {"scores": np.zeros((1, 2)), "predictions": np.zeros(1, int), "map_lengths": np.array([3]),
+                               "prefix_len": np.array(0), "rec_attn_scores": maps})  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    zs = rng.normal(size=(1, 2, 2, 3))
+    icl = zs + rng.normal(size=zs.shape)
+    group = tmp_path / "run" / "evals" / "sst2" / "trained" / "seed2-perm0"
+    group.mkdir(parents=True)
+    save(group.parent / "zs.npz", zs)
+    save(group / "icl.npz", icl)
+    save(group / "lcgd-ft.npz", icl + 5.0)  # ICL's update plus a uniform shift
+    spec = importlib.util.spec_from_file_location("simam_anatomy", "experiments/simam_anatomy.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr("sys.argv", ["simam_anatomy.py", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    script.main()
+    with open(tmp_path / "out" / "simam_anatomy.csv") as f:
+        rows = {(r["quantity"], r["layer"]): float(r["value"]) for r in csv.DictReader(f)}
+    assert rows[("lcgd_simam_delta_centered", "0")] == pytest.approx(1.0) == rows[("lcgd_simam_delta_centered", "1")]
+    assert rows[("lcgd_shift_up", "1")] == 1.0 and rows[("lcgd_update_over_icl", "1")] > 1.0
+    assert (tmp_path / "out" / "simam_anatomy.png").stat().st_size > 1000
+    assert "sst2 trained 2 0 |" in capsys.readouterr().out
