@@ -32,38 +32,48 @@ def _valid(m: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.where(mask, np.asarray(m, np.float64), 0.0)
 
 
+def _update(m_ref: np.ndarray, m: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    width = min(m.shape[-1], m_ref.shape[-1])
+    return _valid(m[..., :width], lengths) - _valid(m_ref[..., :width], lengths)
+
+
 def update_norms(m_ref: np.ndarray, m: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """[n, L, H]: ‖m − m_ref‖ over each example's first lengths[n] tokens."""
-    width = min(m.shape[-1], m_ref.shape[-1])
-    return np.linalg.norm(_valid(m[..., :width], lengths) - _valid(m_ref[..., :width], lengths), axis=-1)
+    return np.linalg.norm(_update(m_ref, m, lengths), axis=-1)
 
 
 def split_update(m_ref: np.ndarray, m: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(shift [n, L, H], centered [n, L, H, T]): m − m_ref's mean over each example's valid tokens,
     and the update minus it (zero past the valid tokens)."""
-    width = min(m.shape[-1], m_ref.shape[-1])
     lengths = np.asarray(lengths)
-    delta = _valid(m[..., :width], lengths) - _valid(m_ref[..., :width], lengths)
+    delta = _update(m_ref, m, lengths)
     shift = delta.sum(axis=-1) / np.maximum(lengths, 1)[:, None, None]
-    mask = np.arange(width)[None, None, None, :] < lengths[:, None, None, None]
-    return shift, np.where(mask, delta - shift[..., None], 0.0)
+    return shift, _valid(delta - shift[..., None], lengths)
+
+
+def _shift_share(shift: np.ndarray, centered: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    energy_shift = np.asarray(lengths)[:, None, None] * shift**2
+    total = energy_shift + (centered**2).sum(axis=-1)  # ‖Δ‖²: the shift is orthogonal to the centered rest
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, energy_shift / total, np.nan)
 
 
 def shift_share(m_ref: np.ndarray, m: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """[n, L, H]: the share of ‖m − m_ref‖² that the uniform shift carries (T·shift² / ‖Δ‖²; NaN
     where the update is zero)."""
-    shift, centered = split_update(m_ref, m, lengths)
-    energy_shift = np.asarray(lengths)[:, None, None] * shift**2
-    total = energy_shift + (centered**2).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, energy_shift / total, np.nan)
+    return _shift_share(*split_update(m_ref, m, lengths), lengths)
 
 
 def centered_simam_delta_per_head(m_ref: np.ndarray, m_a: np.ndarray, m_b: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """[n, L, H] cos of the centered updates: SimAM_Δ with each head's uniform shift taken out."""
-    _, a = split_update(m_ref, m_a, lengths)
-    _, b = split_update(m_ref, m_b, lengths)
-    return metrics.cosine(a, b)
+    return metrics.cosine(split_update(m_ref, m_a, lengths)[1], split_update(m_ref, m_b, lengths)[1])
+
+
+def _layers(x: np.ndarray) -> list[float]:
+    """[n, L, H] → per layer, the mean over examples and heads (NaN entries left out)."""
+    with warnings.catch_warnings():  # rotary layer 0: ICL's update is zero, its shift share NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=(0, 2)).tolist()
 
 
 def layer_profile(zs, icl, finetuned: Mapping[str, object]) -> dict[str, list[float]]:
@@ -76,30 +86,24 @@ def layer_profile(zs, icl, finetuned: Mapping[str, object]) -> dict[str, list[fl
     lengths = np.asarray(zs.map_lengths)
     m_zs, m_icl = zs.records[MAPS], icl.records[MAPS]
     icl_norm = update_norms(m_zs, m_icl, lengths).mean(axis=(0, 2))
-    icl_shift, _ = split_update(m_zs, m_icl, lengths)
-    with warnings.catch_warnings():  # rotary layer 0: ICL's update is zero, its share NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out = {"icl_update": icl_norm.tolist(), "icl_shift_share": np.nanmean(shift_share(m_zs, m_icl, lengths), axis=(0, 2)).tolist(),
-               "icl_shift_up": (icl_shift > 0).mean(axis=(0, 2)).tolist()}  # fmt: skip
+    icl_shift, icl_centered = split_update(m_zs, m_icl, lengths)
+    out = {"icl_update": icl_norm.tolist(), "icl_shift_share": _layers(_shift_share(icl_shift, icl_centered, lengths)),
+           "icl_shift_up": _layers(icl_shift > 0)}  # fmt: skip
     for method, ft in finetuned.items():
         norm = update_norms(m_zs, ft.records[MAPS], lengths).mean(axis=(0, 2))
         cos = metrics.simam_delta_per_head(m_zs, m_icl, ft.records[MAPS], lengths)  # [n, L, H]
         moved = icl_norm > RATIO_FLOOR * icl_norm.max()  # rotary models: ICL leaves layer 0's logits as they were
         ratio = np.where(moved, norm / np.where(moved, icl_norm, 1.0), np.nan)
+        shift, centered = split_update(m_zs, ft.records[MAPS], lengths)
         out |= {
             f"{method}_update": norm.tolist(),
             f"{method}_update_over_icl": ratio.tolist(),
-            f"{method}_simam_delta": cos.mean(axis=(0, 2)).tolist(),
-            f"{method}_share_positive": (cos > 0).mean(axis=(0, 2)).tolist(),
-            f"{method}_mean_abs_cos": np.abs(cos).mean(axis=(0, 2)).tolist(),
+            f"{method}_simam_delta": _layers(cos),
+            f"{method}_share_positive": _layers(cos > 0),
+            f"{method}_mean_abs_cos": _layers(np.abs(cos)),
+            f"{method}_simam_delta_centered": _layers(metrics.cosine(icl_centered, centered)),
+            f"{method}_shift_share": _layers(_shift_share(shift, centered, lengths)),
+            f"{method}_shift_up": _layers(shift > 0),
+            f"{method}_shift_agreement": _layers(np.sign(shift) == np.sign(icl_shift)),
         }
-        shift, _ = split_update(m_zs, ft.records[MAPS], lengths)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out |= {
-                f"{method}_simam_delta_centered": centered_simam_delta_per_head(m_zs, m_icl, ft.records[MAPS], lengths).mean(axis=(0, 2)).tolist(),
-                f"{method}_shift_share": np.nanmean(shift_share(m_zs, ft.records[MAPS], lengths), axis=(0, 2)).tolist(),
-                f"{method}_shift_up": (shift > 0).mean(axis=(0, 2)).tolist(),
-                f"{method}_shift_agreement": (np.sign(shift) == np.sign(icl_shift)).mean(axis=(0, 2)).tolist(),
-            }  # fmt: skip
     return out
