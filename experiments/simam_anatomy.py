@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo's jaxicl importable
@@ -63,7 +64,8 @@ def plot(found: list[tuple[tuple, dict]], path: Path) -> None:
         for method, color in (("icl", "black"), *((m, METHOD_COLORS[m]) for m in METHODS)):
             rows = [p[f"{method}_{key}"] for _, p in found if f"{method}_{key}" in p]
             if rows:
-                with np.errstate(all="ignore"):
+                with warnings.catch_warnings():  # rotary layer 0 has no ratio in any group
+                    warnings.simplefilter("ignore", RuntimeWarning)
                     ax.plot(np.nanmean(rows, axis=0), marker=".", color=color, label=method.upper())
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("layer")
@@ -92,10 +94,12 @@ def main() -> None:
             for quantity, values in profile.items():
                 writer.writerows([*key, quantity, layer, repr(float(v))] for layer, v in enumerate(values))
     plot(found, args.out / "simam_anatomy.png")
-    quantities = list(found[0][1])
+    quantities = list(dict.fromkeys(q for _, profile in found for q in profile))  # a group may lack a method
     print("task variant seed perm | layer means: " + ", ".join(quantities))
-    for key, profile in found:
-        print(*key, "|", " ".join(f"{np.nanmean(profile[q]):.3f}" for q in quantities))
+    with warnings.catch_warnings():  # a layer that is NaN in every group (rotary layer 0's ratio)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for key, profile in found:
+            print(*key, "|", " ".join(f"{np.nanmean(profile[q]):.3f}" if q in profile else "—" for q in quantities))
 
 
 if __name__ == "__main__":

@@ -163,3 +163,26 @@ def test_vectors_table_matches_its_cells():
                  for m in ("gd", "lcgd")]  # fmt: skip
         assert _numbers(cells[6]) == align, cells
         assert _numbers(cells[7]) == [r(fv["methods"][m]["spearman_kv_cie"]) for m in ("gd", "lcgd")], cells
+
+
+def test_stability_tables_match_their_cells():
+    """Each row of the stability tables at the paper's rates (trained and untrained) is the largest
+    change over its committed cells, and its count of cells past the report's 0.01 mark."""
+    section = _section("## Numerical stability: how far float rounding alone moves a cell (`--stability-check`)")
+    cells: dict[tuple[str, str, str], list[dict]] = {}
+    for grid in ("paper", "untrained"):
+        for path in (ROOT / "docs" / "results" / "stability" / grid / "cells").rglob("*.json"):
+            method = path.stem.split("-seed")[0]
+            cells.setdefault((path.parent.parent.name, path.parent.name, method), []).append(json.loads(path.read_text()))
+    rows = [r for line in section.splitlines() if line.startswith("| ") and len(r := _row(line)) == 11 and r[0] in PAPER_TASKS]
+    assert {(task, variant, method.lower()) for task, variant, method, *_ in rows} == set(cells)
+    for task, variant, method, seeds, lr, scalar, layer, accuracy, *_, unstable in rows:
+        found = [c["stability"] for c in cells[(task, variant, method.lower())]]
+        assert len(seeds.split(",")) == len(found) and float(scalar) == float(f"{max(s['max_scalar'] for s in found):.1e}")
+        assert float(layer) == float(f"{max(max(s['per_layer'].values()) for s in found):.1e}")
+        assert float(accuracy) == round(max(s["ft_accuracy"] for s in found), 3)
+        assert int(unstable.split()[0]) == sum(s["max_scalar"] > 0.01 for s in found), (task, variant, method)
+
+
+def _row(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
