@@ -4,10 +4,11 @@ per-head cosines and the mean |cosine|; SimAM_Δ with each head's uniform shift 
 out (centered), the shift's share of the update and the share of heads that shift upward.
 
 Reads RUN_DIR/evals/<task>/<variant>/{zs.npz, seed<S>-perm<P>/{icl,gd-ft,lcgd-ft}.npz} (the trained
-model's zs.npz sits one level up); writes OUT/simam_anatomy.csv (task, variant, seed, perm,
-quantity, layer, value), OUT/simam_anatomy.png, and prints the layer means per task.
+model's zs.npz sits one level up) of each RUN_DIR; writes OUT/simam_anatomy.csv (task, variant, seed,
+perm, quantity, layer, value), OUT/simam_anatomy.png, OUT/summary.md (per task and method, the means
+over layers and groups) and prints the layer means per group.
 
-    python experiments/simam_anatomy.py RUN_DIR --out DIR
+    python experiments/simam_anatomy.py RUN_DIR [RUN_DIR ...] --out DIR
 """
 
 from __future__ import annotations
@@ -25,9 +26,37 @@ import numpy as np  # noqa: E402
 
 from jaxicl.analyses.map_updates import layer_profile  # noqa: E402
 from jaxicl.report.figures import METHOD_COLORS, _save  # noqa: E402
+from jaxicl.report.stats import order_tasks  # noqa: E402
 from jaxicl.runner.rundir import load_eval  # noqa: E402
 
 METHODS = ("gd", "lcgd")
+
+
+SUMMARY = (  # (quantity, column): the summary's columns, each averaged over layers (NaN layers left out) and groups
+    ("simam_delta", "SimAM_Δ"),
+    ("simam_delta_centered", "centered SimAM_Δ"),
+    ("update_over_icl", "update / ICL's"),
+    ("shift_share", "shift share"),
+    ("shift_up", "shifted up"),
+    ("shift_agreement", "shift sign as ICL's"),
+)
+
+
+def summary(found: list[tuple[tuple, dict]]) -> list[str]:
+    """A markdown table: per task (groups in brackets) and method (ICL too, where a quantity is its),
+    the SUMMARY quantities' means over layers and groups."""
+    rows = ["| task (runs) | method | " + " | ".join(col for _, col in SUMMARY) + " |", "|---|---|" + "---|" * len(SUMMARY)]
+    for task in order_tasks({key[0] for key, _ in found}):
+        for method in ("icl", *METHODS):
+            groups = [p for key, p in found if key[0] == task and f"{method}_shift_share" in p]
+            if not groups:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                cells = [f"{np.nanmean([g[f'{method}_{q}'] for g in groups]):.3f}" if f"{method}_{q}" in groups[0] else "—"
+                         for q, _ in SUMMARY]  # fmt: skip
+            rows.append(f"| {task} ({len(groups)}) | {method.upper()} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def profiles(run_dir: Path) -> list[tuple[tuple, dict]]:
@@ -80,12 +109,12 @@ def plot(found: list[tuple[tuple, dict]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    found = profiles(args.run_dir)
+    found = [group for run_dir in args.run_dirs for group in profiles(run_dir)]
     if not found:
-        sys.exit(f"{args.run_dir}: no group with cached zero-shot, ICL and finetuned evaluations under evals/")
+        sys.exit(f"{', '.join(map(str, args.run_dirs))}: no group with cached zero-shot, ICL and finetuned evaluations under evals/")
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "simam_anatomy.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -94,6 +123,7 @@ def main() -> None:
             for quantity, values in profile.items():
                 writer.writerows([*key, quantity, layer, repr(float(v))] for layer, v in enumerate(values))
     plot(found, args.out / "simam_anatomy.png")
+    (args.out / "summary.md").write_text("\n".join(summary(found)) + "\n")
     quantities = list(dict.fromkeys(q for _, profile in found for q in profile))  # a group may lack a method
     print("task variant seed perm | layer means: " + ", ".join(quantities))
     with warnings.catch_warnings():  # a layer that is NaN in every group (rotary layer 0's ratio)

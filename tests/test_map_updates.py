@@ -118,4 +118,7 @@ def test_the_anatomy_script_reads_a_run_directorys_cached_evaluations(tmp_path, 
     assert rows[("lcgd_simam_delta_centered", "0")] == pytest.approx(1.0) == rows[("lcgd_simam_delta_centered", "1")]
     assert rows[("lcgd_shift_up", "1")] == 1.0 and rows[("lcgd_update_over_icl", "1")] > 1.0
     assert (tmp_path / "out" / "simam_anatomy.png").stat().st_size > 1000
+    summary = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert summary[2].startswith("| sst2 (1) | ICL | — | — | — |") and summary[3].startswith("| sst2 (1) | LCGD | ")
+    assert summary[3].split(" | ")[3] == "1.000"  # centered SimAM_Δ
     assert "sst2 trained 2 0 |" in capsys.readouterr().out
