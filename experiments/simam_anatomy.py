@@ -112,7 +112,11 @@ def main() -> None:
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    found = [group for run_dir in args.run_dirs for group in profiles(run_dir)]
+    merged: dict[tuple, dict] = {}  # a group in several directories: its methods from each (ICL's is the same)
+    for run_dir in args.run_dirs:
+        for key, profile in profiles(run_dir):
+            merged[key] = merged.get(key, {}) | profile
+    found = sorted(merged.items())
     if not found:
         sys.exit(f"{', '.join(map(str, args.run_dirs))}: no group with cached zero-shot, ICL and finetuned evaluations under evals/")
     args.out.mkdir(parents=True, exist_ok=True)

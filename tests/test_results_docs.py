@@ -186,3 +186,20 @@ def test_stability_tables_match_their_cells():
 
 def _row(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_simam_anatomy_table_is_its_summary():
+    """The shift-and-pattern table in docs/results is the committed summary of experiments/simam_anatomy.py,
+    and that summary's centered SimAM_Δ is the mean of its per-layer CSV."""
+    root = ROOT / "docs" / "results" / "lcgd_simam" / "paper_rates"
+    summary = (root / "summary.md").read_text().strip().splitlines()
+    section = _section("## LCGD and SimAM_Δ: where the gap lives")
+    assert all(line in section.splitlines() for line in summary)
+    values: dict[tuple[str, str], list[float]] = {}
+    for row in _csv(root / "simam_anatomy.csv"):
+        values.setdefault((row["task"], row["quantity"]), []).append(float(row["value"]))
+    for line in summary[2:]:
+        task, method, _, centered, *_ = _row(line)
+        if method != "ICL":
+            found = [v for (t, q), v in values.items() if t == task.split()[0] and q == f"{method.lower()}_simam_delta_centered"]
+            assert float(centered) == round(float(np.mean(found)), 3), line
