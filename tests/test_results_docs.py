@@ -191,15 +191,16 @@ def _row(line: str) -> list[str]:
 def test_simam_anatomy_table_is_its_summary():
     """The shift-and-pattern table in docs/results is the committed summary of experiments/simam_anatomy.py,
     and that summary's centered SimAM_Δ is the mean of its per-layer CSV."""
-    root = ROOT / "docs" / "results" / "lcgd_simam" / "paper_rates"
-    summary = (root / "summary.md").read_text().strip().splitlines()
-    section = _section("## LCGD and SimAM_Δ: where the gap lives")
-    assert all(line in section.splitlines() for line in summary)
-    values: dict[tuple[str, str], list[float]] = {}
-    for row in _csv(root / "simam_anatomy.csv"):
-        values.setdefault((row["task"], row["quantity"]), []).append(float(row["value"]))
-    for line in summary[2:]:
-        task, method, _, centered, *_ = _row(line)
-        if method != "ICL":
-            found = [v for (t, q), v in values.items() if t == task.split()[0] and q == f"{method.lower()}_simam_delta_centered"]
-            assert float(centered) == round(float(np.mean(found)), 3), line
+    section = _section("## LCGD and SimAM_Δ: where the gap lives").splitlines()
+    for rates in ("paper_rates", "selected_rates"):
+        root = ROOT / "docs" / "results" / "lcgd_simam" / rates
+        summary = (root / "summary.md").read_text().strip().splitlines()
+        assert all(line in section for line in summary), rates
+        values: dict[tuple[str, str], list[float]] = {}
+        for row in _csv(root / "simam_anatomy.csv"):
+            values.setdefault((row["task"], row["quantity"]), []).append(float(row["value"]))
+        for line in summary[2:]:
+            task, method, _, centered, *_ = _row(line)
+            if method != "ICL":
+                found = values[(task.split()[0], f"{method.lower()}_simam_delta_centered")]
+                assert float(centered) == round(float(np.mean(found)), 3), (rates, line)
