@@ -88,8 +88,9 @@ def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(
 def test_a_rate_factor_runs_both_methods_at_a_multiple_of_gds_rates():
     factor = ablation.AblationConfig(gd_rates="x").factor("rate-x10")
     assert factor.methods == ("gd", "lcgd") and factor.rate_scale == 10.0
-    assert ablation.scaled({"sst2": 1e-4, "cb": 4e-3}, factor) == {"sst2": 1e-3, "cb": 4e-2}
-    assert ablation.scaled({"sst2": 1e-4}, ablation.AblationConfig(gd_rates="x").factor("baseline")) == {"sst2": 1e-4}
+    assert ablation.scaled({"sst2": 1e-4, "cb": 4e-3}, factor, "gd.json") == ({"sst2": 1e-3, "cb": 4e-2}, "gd.json x10")
+    baseline = ablation.AblationConfig(gd_rates="x").factor("baseline")
+    assert ablation.scaled({"sst2": 1e-4}, baseline, "gd.json") == ({"sst2": 1e-4}, "gd.json")
 
 
 @pytest.mark.parametrize("changes, message", [

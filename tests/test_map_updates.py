@@ -7,7 +7,13 @@ import types
 import numpy as np
 import pytest
 
-from jaxicl.analyses.map_updates import centered_simam_delta_per_head, layer_profile, shift_share, split_update, update_norms
+from jaxicl.analyses.map_updates import (
+    centered_simam_delta_per_head,
+    layer_profile,
+    shift_share,
+    split_update,
+    update_norms,
+)
 
 
 def _run(maps: np.ndarray, lengths) -> types.SimpleNamespace:

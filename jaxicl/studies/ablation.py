@@ -129,7 +129,8 @@ def check_ablation(config: AblationConfig) -> dict[str, float]:
     rates = rates_for(config.gd_rates, tasks, None)
     for name in config.factors:
         if name != LCGD_RATE:
-            check_config(config.run_config(config.factor(name), scaled(rates, config.factor(name)), config.gd_rates))
+            factor = config.factor(name)
+            check_config(config.run_config(factor, *scaled(rates, factor, config.gd_rates)))
     config.tune_config()  # its own checks
     return rates
 
@@ -152,7 +153,7 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
                 source = str(out / "tune-lcgd" / SELECTION_FILE)
                 rates = rates_for(source, list(gd_rates), None)
             else:
-                rates, source = scaled(gd_rates, factor), config.gd_rates
+                rates, source = scaled(gd_rates, factor, config.gd_rates)
             run_config = config.run_config(factor, rates, source)
             if name != BASELINE:
                 reuse_evaluations(out / BASELINE, out / name, factor)
@@ -164,8 +165,11 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
     return record
 
 
-def scaled(rates: dict[str, float], factor: Factor) -> dict[str, float]:
-    return rates if factor.rate_scale == 1.0 else {t: float(f"{r * factor.rate_scale:.6g}") for t, r in rates.items()}
+def scaled(rates: dict[str, float], factor: Factor, source: str) -> tuple[dict[str, float], str]:
+    """GD's rates under `factor`, and where they came from (the cells' lr_source)."""
+    if factor.rate_scale == 1.0:
+        return rates, source
+    return {t: float(f"{r * factor.rate_scale:.6g}") for t, r in rates.items()}, f"{source} x{factor.rate_scale:g}"
 
 
 def reuse_evaluations(baseline: Path, target: Path, factor: Factor) -> int:
