@@ -28,11 +28,11 @@ from jaxicl.runner.layout import EVALS
 BASELINE = "baseline"
 # From map_updates' layer profile, means over layers and runs: the per-head cosines SimAM_Δ averages,
 # SimAM_Δ of the centered updates, and the uniform shift's share of the update, direction and sign agreement with ICL's.
-COSINE_KEYS = ("share_positive", "mean_abs_cos", "simam_delta_centered", "shift_share", "shift_up", "shift_agreement")
+PROFILE_KEYS = ("share_positive", "mean_abs_cos", "simam_delta_centered", "shift_share", "shift_up", "shift_agreement")
 METRICS = ("simam_delta", "simaou")
 CSV_HEADER = ("factor", "task", "method", "cells_from", "n_runs", "lr", "ft_accuracy", "simam_delta",
               "simam_delta_lo", "simam_delta_hi", "simam_delta_from_layer_1", "simaou", "simaou_lo", "simaou_hi",
-              "map_update_over_icl", *COSINE_KEYS, "lcgd_minus_gd_simam_delta", "lcgd_minus_gd_lo", "lcgd_minus_gd_hi")  # fmt: skip
+              "map_update_over_icl", *PROFILE_KEYS, "lcgd_minus_gd_simam_delta", "lcgd_minus_gd_lo", "lcgd_minus_gd_hi")  # fmt: skip
 
 
 class FactorLike(Protocol):
@@ -54,7 +54,7 @@ class Entry:
     stats: Mapping[str, Stat | None]
     from_layer_1: float | None  # SimAM_Δ over layers 1.. (under rotary positions layer 0's is rounding noise)
     update_over_icl: np.ndarray | None  # [L] ‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖, mean over runs (NaN: no ICL update)
-    cosines: Mapping[str, float]  # COSINE_KEYS: means over layers and runs
+    profile_means: Mapping[str, float]  # PROFILE_KEYS: means over layers and runs
     simam_delta_layers: np.ndarray | None  # [L] mean over runs
 
 
@@ -83,9 +83,9 @@ def _entry(out: Path, factor: FactorLike, task: str, method: str, cells: Mapping
     layers = np.mean([c.per_layer["simam_delta"] for c in mine], axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        cosines = {k: float(np.nanmean([p[f"{method}_{k}"] for p in profiles])) for k in COSINE_KEYS} if profiles else {}
+        profile_means = {k: float(np.nanmean([p[f"{method}_{k}"] for p in profiles])) for k in PROFILE_KEYS} if profiles else {}
     return Entry(factor.name, task, method, source, mine, stats, float(np.mean(layers[1:])) if len(layers) > 1 else None,
-                 ratio, cosines, layers)  # fmt: skip
+                 ratio, profile_means, layers)  # fmt: skip
 
 
 def entries(out: Path, factors: Sequence[FactorLike]) -> list[Entry]:
@@ -125,7 +125,7 @@ def csv_rows(found: Sequence[Entry]) -> list[list]:
         lrs = sorted({c.lr for c in e.cells if c.lr is not None})
         rows.append([e.factor, e.task, e.method, e.cells_from, len(e.cells), "/".join(map(csv_num, lrs)),
                      _accuracy(e), delta.mean, *delta.ci, e.from_layer_1, aou.mean, *aou.ci, ratio,
-                     *(e.cosines.get(k) for k in COSINE_KEYS),
+                     *(e.profile_means.get(k) for k in PROFILE_KEYS),
                      *((diff[0], *diff[1]) if diff else (None, None, None))])  # fmt: skip
     return rows
 
@@ -151,7 +151,7 @@ def table(found: Sequence[Entry], factors: Sequence[FactorLike]) -> list[str]:
         ratio = [("—" if e.update_over_icl is None else f"{np.nanmean(e.update_over_icl):.2f}") for e in (gd, lcgd)]
         rows.append([factor, task_label(task), *(_ci(e.stats["simam_delta"].mean, e.stats["simam_delta"].ci) for e in (gd, lcgd)),
                      "—" if diff is None else _ci(*diff),
-                     " / ".join(_num(e.cosines.get("simam_delta_centered")) for e in (gd, lcgd)),
+                     " / ".join(_num(e.profile_means.get("simam_delta_centered")) for e in (gd, lcgd)),
                      f"{gd.stats['simaou'].mean:.3f} / {lcgd.stats['simaou'].mean:.3f}",
                      f"{_accuracy(gd):.3f} / {_accuracy(lcgd):.3f}", " / ".join(ratio)])  # fmt: skip
     return md_table(header, rows)
