@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 from jaxicl import cli  # noqa: E402
+from jaxicl.data.tasks import get_task  # noqa: E402
 from jaxicl.errors import InputError  # noqa: E402
 from jaxicl.studies import ablation  # noqa: E402
 from tests.test_experiment import task_spec  # noqa: E402,F401  (fixture)
@@ -91,6 +92,17 @@ def test_a_rate_factor_runs_both_methods_at_a_multiple_of_gds_rates():
     assert ablation.scaled({"sst2": 1e-4, "cb": 4e-3}, factor, "gd.json") == ({"sst2": 1e-3, "cb": 4e-2}, "gd.json x10")
     baseline = ablation.AblationConfig(gd_rates="x").factor("baseline")
     assert ablation.scaled({"sst2": 1e-4}, baseline, "gd.json") == ({"sst2": 1e-4}, "gd.json")
+
+
+def test_the_paper_rate_factor_runs_both_methods_at_each_tasks_paper_rate(tmp_path):
+    rates = tmp_path / "rates.json"
+    rates.write_text(json.dumps({"sst2": 1e-4, "cb": 4e-3}))
+    config = ablation.AblationConfig(gd_rates=str(rates), tasks=("sst2", "cb"), factors=("baseline", "paper-rate"))
+    ablation.check_ablation(config)
+    factor = config.factor("paper-rate")
+    run_config = config.run_config(factor, *ablation.scaled({"sst2": 1e-4, "cb": 4e-3}, factor, str(rates)))
+    assert factor.methods == ("gd", "lcgd") and run_config.lrs is None and run_config.lrs_source is None
+    assert [run_config.learning_rate(get_task(t)) for t in ("sst2", "cb")] == [(0.0005, "paper"), (0.08, "paper")]
 
 
 @pytest.mark.parametrize("changes, message", [

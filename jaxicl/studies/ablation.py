@@ -34,6 +34,7 @@ from jaxicl.runner.tune import TuneConfig, rates_for, tune
 ABLATION_FILE = "ablation.json"  # the config and the seconds per factor (summed over invocations)
 BASELINE = "baseline"
 LCGD_RATE = "lcgd-rate"
+PAPER_RATE = "paper-rate"
 # LCGD sums one loss per layer, so its steps are larger than GD's at a rate: its grid is GD's (Dai's)
 # two decades lower, {1..9} x {1e-3..1e-6}.
 LCGD_GRID = tuple(float(f"{m}e-{e}") for e in (3, 4, 5, 6) for m in range(1, 10))
@@ -48,12 +49,15 @@ class Factor:
     changes: tuple[tuple[str, Any], ...] = ()
     methods: tuple[str, ...] = ("gd", "lcgd")
     rate_scale: float = 1.0  # both methods at GD's rates times this (rate-x<S>)
+    paper_rates: bool = False  # both methods at the paper's rate for each task
 
 
 FACTORS = (
     Factor(BASELINE, "the authors' LCGD (block readout, layer losses summed, every token, keys and values) "
            "at GD's rate, float32"),
     Factor(LCGD_RATE, "LCGD at its own selected rate (`jaxicl tune --method lcgd`)", methods=("lcgd",)),
+    Factor(PAPER_RATE, "GD and LCGD at the paper's rate for each task, the setting of its Table 2",
+           paper_rates=True),
     Factor("readout-attn", "LCGD reads each attention output, the paper's formula", (("lcgd_readout", "attn"),),
            ("lcgd",)),
     Factor("layer-mean", "LCGD's layer losses averaged instead of summed", (("layer_reduction", "mean"),), ("lcgd",)),
@@ -106,10 +110,12 @@ class AblationConfig:
                           grid=self.lcgd_grid, search=self.search, k=self.k, batch_size=self.batch_size,
                           data_dir=self.data_dir)  # fmt: skip
 
-    def run_config(self, factor: Factor, rates: dict[str, float], source: str) -> RunConfig:
+    def run_config(self, factor: Factor, rates: dict[str, float] | None, source: str | None) -> RunConfig:
+        """rates None: each task's paper rate."""
         return RunConfig(model=self.model, tasks=self.tasks, n_runs=self.n_runs, methods=factor.methods, k=self.k,
                          n_eval=self.n_eval, batch_size=self.batch_size, data_dir=self.data_dir,
-                         lrs=tuple(sorted(rates.items())), lrs_source=source, **dict(factor.changes))  # fmt: skip
+                         lrs=None if rates is None else tuple(sorted(rates.items())), lrs_source=source,
+                         **dict(factor.changes))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -165,8 +171,11 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
     return record
 
 
-def scaled(rates: dict[str, float], factor: Factor, source: str) -> tuple[dict[str, float], str]:
-    """GD's rates under `factor`, and where they came from (the cells' lr_source)."""
+def scaled(rates: dict[str, float], factor: Factor, source: str) -> tuple[dict[str, float] | None, str | None]:
+    """GD's rates under `factor`, and where they came from (the cells' lr_source); (None, None) for
+    the paper's rates."""
+    if factor.paper_rates:
+        return None, None
     if factor.rate_scale == 1.0:
         return rates, source
     return {t: float(f"{r * factor.rate_scale:.6g}") for t, r in rates.items()}, f"{source} x{factor.rate_scale:g}"
