@@ -20,7 +20,7 @@ import numpy as np
 from jaxicl.analyses.map_updates import layer_profile
 from jaxicl.io.atomic import write_bytes_atomic
 from jaxicl.report.cells import Cell, load_cells
-from jaxicl.report.figures import METHOD_COLORS, _save
+from jaxicl.report.figures import _save
 from jaxicl.report.fmt import csv_num, md_table, task_label, write_csv
 from jaxicl.report.stats import Stat, method_difference, metric_stat, order_tasks, select
 from jaxicl.runner.layout import EVALS
@@ -175,31 +175,40 @@ def verdicts(found: Sequence[Entry], factors: Sequence[FactorLike]) -> list[str]
 
 
 def plot_layers(found: Sequence[Entry], factors: Sequence[FactorLike], path: Path) -> Path:
-    """Per task: LCGD's SimAM_Δ per layer under each factor and the baseline's GD (top), and LCGD's
-    map update over ICL's per layer (bottom, log scale)."""
+    """Per task: LCGD − GD on SimAM_Δ per layer under each factor, each against its own GD (top),
+    and LCGD's map update over ICL's per layer under each factor beside the baseline's GD (bottom,
+    log scale)."""
     from matplotlib.figure import Figure
 
     tasks = order_tasks({e.task for e in found})
     fig = Figure(figsize=(4.4 * len(tasks), 6.8))
     axes = np.asarray(fig.subplots(2, len(tasks), squeeze=False))
-    colors = {f.name: f"C{i}" for i, f in enumerate(factors)}
+    others = [f.name for f in factors if f.name != BASELINE]
+    colors = {BASELINE: "black", **{name: f"C{i % 10}" for i, name in enumerate(others)}}
+    pairs = _pairs(found)
     for col, task in enumerate(tasks):
         top, bottom = axes[0, col], axes[1, col]
-        for e in found:
-            if e.task != task or (e.method == "gd" and e.factor != BASELINE):
-                continue
-            style = dict(color=METHOD_COLORS["gd"], linestyle="--", label="GD (baseline)") if e.method == "gd" else dict(
-                color=colors[e.factor], label=f"LCGD {e.factor}")  # fmt: skip
-            top.plot(e.simam_delta_layers, marker=".", **style)
-            if e.update_over_icl is not None:
-                bottom.plot(e.update_over_icl, marker=".", **style)
+        for f in factors:
+            both = pairs.get((f.name, task), {})
+            width = 2.0 if f.name == BASELINE else 1.0
+            if {"gd", "lcgd"} <= both.keys() and both["gd"].simam_delta_layers is not None \
+                    and both["lcgd"].simam_delta_layers is not None:
+                top.plot(both["lcgd"].simam_delta_layers - both["gd"].simam_delta_layers, marker=".",
+                         color=colors[f.name], linewidth=width, label=f.name)
+            if "lcgd" in both and both["lcgd"].update_over_icl is not None:
+                bottom.plot(both["lcgd"].update_over_icl, marker=".", color=colors[f.name], linewidth=width,
+                            label=f"LCGD {f.name}")
+        gd = pairs.get((BASELINE, task), {}).get("gd")
+        if gd is not None and gd.update_over_icl is not None:
+            bottom.plot(gd.update_over_icl, color="black", linestyle="--", label="GD baseline")
         top.axhline(0.0, color="grey", linewidth=0.6)
-        top.set_title(f"{task_label(task)}: SimAM_Δ per layer", fontsize=9)
+        top.set_title(f"{task_label(task)}: LCGD − GD on SimAM_Δ per layer", fontsize=9)
         bottom.set_title("‖m_FT − m_ZS‖ / ‖m_ICL − m_ZS‖", fontsize=9)
         bottom.set_yscale("log")
         for ax in (top, bottom):
             ax.set_xlabel("layer")
     axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
