@@ -38,9 +38,10 @@ def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(
     factors = "baseline,lcgd-rate,readout-attn,keys-only"
     argv = ["ablate", "--model", tiny_model, "--gd-rates", _rates(tmp_path, task_spec), "--tasks", task_spec,
             "--n-runs", "2", "--factors", factors, "--search", "full", "--lcgd-grid", "0.005,0.02", "--k", "4",
-            "--n-eval", "6", "--batch-size", "4", "--out", str(tmp_path / "out"), "--compile-cache", "off"]  # fmt: skip
+            "--n-eval", "6", "--batch-size", "4", "--out", str(tmp_path / "out"), "--compile-cache", "off",
+            "--publish", str(tmp_path / "published")]  # fmt: skip
     assert cli.main(argv) == 0
-    out = tmp_path / "out"
+    out, published = tmp_path / "out", tmp_path / "published"
     cells = {f: sorted(p.name for p in (out / f / "cells").rglob("*.json")) for f in factors.split(",")}
     assert cells["baseline"] == cells["keys-only"] == ["gd-seed1-perm0.json", "gd-seed2-perm1.json",
                                                        "lcgd-seed1-perm0.json", "lcgd-seed2-perm1.json"]
@@ -60,7 +61,12 @@ def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(
     assert out.joinpath("readout-attn", *group, "gd-ft.npz").read_bytes() == out.joinpath(
         "baseline", *group, "gd-ft.npz").read_bytes()  # fmt: skip
     assert json.loads(next((out / "readout-attn" / "cells").rglob("lcgd-seed1-perm0.json")).read_text())["alpha"]
-    with open(out / "summary" / "lcgd_simam_ablation.csv") as f:
+    for name in factors.split(","):  # published beside the summary: run.json and cells, not the evaluations
+        assert (published / name / "run.json").read_bytes() == (out / name / "run.json").read_bytes()
+        assert sorted(p.name for p in (published / name / "cells").rglob("*.json")) == cells[name]
+    assert (published / "tune-lcgd" / "lr_selection.json").is_file() and not list(published.rglob("*.npz"))
+    assert (published / ablation.ABLATION_FILE).is_file()
+    with open(published / "lcgd_simam_ablation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["factor"], r["method"]) for r in rows] == [(f, m) for f in factors.split(",") for m in ("gd", "lcgd")]
     by = {(r["factor"], r["method"]): r for r in rows}
@@ -75,9 +81,9 @@ def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(
         assert float(r["lcgd_minus_gd_lo"]) <= float(r["lcgd_minus_gd_simam_delta"]) <= float(r["lcgd_minus_gd_hi"])
     gd, lcgd = by[("baseline", "gd")], by[("baseline", "lcgd")]
     assert float(lcgd["lcgd_minus_gd_simam_delta"]) == pytest.approx(float(lcgd["simam_delta"]) - float(gd["simam_delta"]))
-    summary = (out / "summary" / "README.md").read_text()
+    summary = (published / "README.md").read_text()
     assert summary.count("LCGD − GD on SimAM_Δ averages") == 4 and "| keys-only |" in summary
-    assert (out / "summary" / "lcgd_simam_layers.png").stat().st_size > 1000
+    assert (published / "lcgd_simam_layers.png").stat().st_size > 1000
     record = json.loads((out / ablation.ABLATION_FILE).read_text())
     assert set(record["seconds"]) == set(factors.split(","))
     done = {p: p.stat().st_mtime_ns for p in out.rglob("cells/**/*.json")}

@@ -8,14 +8,17 @@ OUT/tune-lcgd/). A factor that changes LCGD alone runs LCGD alone; its GD is the
 
 The zero-shot and ICL evaluations do not depend on the factor, nor does GD's in an LCGD-only factor;
 they are copied from the baseline's directory instead of recomputed. The last step writes the table,
-the CSV and the per-layer figure (`jaxicl.report.ablation`) to OUT/summary, or to `publish`.
+the CSV and the per-layer figure (`jaxicl.report.ablation`) to OUT/summary, or to `publish` with
+each factor's cells and run.json beside them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from jaxicl.io.results import write_json_atomic
 from jaxicl.report.ablation import write_ablation
 from jaxicl.runner import checks
 from jaxicl.runner.execute import run
-from jaxicl.runner.layout import EVALS, SELECTION_FILE
+from jaxicl.runner.layout import CELLS, EVALS, RUN_FILE, SELECTION_FILE
 from jaxicl.runner.plan import RunConfig, check_config
 from jaxicl.runner.tune import TuneConfig, rates_for, tune
 
@@ -168,7 +171,23 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
             record["seconds"][name] = record["seconds"].get(name, 0.0) + time.perf_counter() - start
             write_json_atomic(record_path, record)
     write_ablation(out, [config.factor(n) for n in config.factors], Path(publish or out / "summary"))
+    if publish is not None:
+        publish_cells(out, config.factors, Path(publish))
     return record
+
+
+def publish_cells(out: Path, factors: Sequence[str], dest: Path) -> None:
+    """Beside the summary: ablation.json, each factor's run.json and cells, and LCGD's own rates
+    (the large cached evaluations stay in OUT)."""
+    shutil.copyfile(out / ABLATION_FILE, dest / ABLATION_FILE)
+    for name in factors:
+        if (out / name / RUN_FILE).exists():
+            (dest / name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / name / RUN_FILE, dest / name / RUN_FILE)
+            shutil.copytree(out / name / CELLS, dest / name / CELLS, dirs_exist_ok=True)
+    if (out / "tune-lcgd" / SELECTION_FILE).exists():
+        (dest / "tune-lcgd").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "tune-lcgd" / SELECTION_FILE, dest / "tune-lcgd" / SELECTION_FILE)
 
 
 def scaled(rates: dict[str, float], factor: Factor, source: str) -> tuple[dict[str, float] | None, str | None]:
