@@ -111,8 +111,22 @@ def test_the_paper_rate_factor_runs_both_methods_at_each_tasks_paper_rate(tmp_pa
     assert [run_config.learning_rate(get_task(t)) for t in ("sst2", "cb")] == [(0.0005, "paper"), (0.08, "paper")]
 
 
+def test_combined_factors_change_every_parts_setting_at_once():
+    factor = ablation.named_factor("paper-rate+layer-mean")
+    assert factor.paper_rates and dict(factor.changes) == {"layer_reduction": "mean"}
+    assert factor.methods == ("gd", "lcgd")  # paper-rate reruns GD, so the combination does
+    both = ablation.named_factor("readout-attn+rate-x0.1")
+    assert both.methods == ("gd", "lcgd") and both.rate_scale == 0.1
+    assert dict(both.changes) == {"lcgd_readout": "attn"}
+    assert ablation.named_factor("readout-attn+layer-mean").methods == ("lcgd",)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"factors": ("baseline", "nosuch")}, "--factors: unknown nosuch; known: baseline, lcgd-rate"),
+    ({"factors": ("baseline", "layer-mean+nosuch")}, "--factors: unknown nosuch"),
+    ({"factors": ("baseline", "lcgd-rate+layer-mean")}, "lcgd-rate cannot be combined with another factor"),
+    ({"factors": ("baseline", "keys-only+values-only")}, "two parts change the same setting"),
+    ({"factors": ("baseline", "paper-rate+rate-x10")}, "paper-rate and rate-x<S> cannot be combined"),
     ({"factors": ("baseline", "rate-x0")}, "rate-x0: the scale after rate-x must be a positive number"),
     ({"factors": ("baseline", "rate-xfast")}, "rate-xfast: the scale after rate-x must be a positive number"),
     ({"factors": ("keys-only",)}, "--factors must include baseline"),

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jaxicl.report import METRIC_LABELS, PAPER_TASKS, TABLE_METRICS, VARIANT_LABELS
 
@@ -204,3 +205,19 @@ def test_simam_anatomy_table_is_its_summary():
             if method != "ICL":
                 found = values[(task.split()[0], f"{method.lower()}_simam_delta_centered")]
                 assert float(centered) == round(float(np.mean(found)), 3), (rates, line)
+
+
+def test_ablation_table_is_its_summary_and_its_cells():
+    """The factor table in docs/results is the committed summary of `jaxicl ablate`, and each CSV
+    row's SimAM_Δ is the mean over the committed cells it names."""
+    section = _section("## LCGD and SimAM_Δ: one factor at a time").splitlines()
+    root = ROOT / "docs" / "results" / "lcgd_simam" / "ablation"
+    summary = [line for line in (root / "README.md").read_text().splitlines() if line.startswith(("| ", "- **"))]
+    assert len(summary) > 3 and all(line in section for line in summary)
+    rows = _csv(root / "lcgd_simam_ablation.csv")
+    for row in rows:
+        cells = [json.loads(p.read_text()) for p in (root / row["cells_from"] / "cells" / row["task"]).rglob(
+            f"{row['method']}-*.json")]  # fmt: skip
+        assert len(cells) == int(row["n_runs"]), row
+        assert float(row["simam_delta"]) == pytest.approx(np.mean([c["scalar"]["simam_delta"] for c in cells]))
+        assert row["lr"] == "/".join(repr(float(lr)) for lr in sorted({c["lr"] for c in cells})), row

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jaxicl.api import load
 from jaxicl.errors import InputError
 from jaxicl.io.atomic import write_bytes_atomic
@@ -72,6 +74,7 @@ FACTORS = (
 )  # fmt: skip
 FACTOR_NAMES = tuple(f.name for f in FACTORS)
 RATE_SCALE = "rate-x"  # rate-x<S>: GD and LCGD at S times GD's selected rates (e.g. rate-x10, rate-x0.1)
+COMBINE = "+"  # a+b: both factors' changes at once (e.g. paper-rate+layer-mean)
 
 
 def rate_factor(name: str) -> Factor | None:
@@ -85,6 +88,34 @@ def rate_factor(name: str) -> Factor | None:
     if not (scale > 0 and scale != float("inf")):
         raise InputError(f"--factors: {name}: the scale after {RATE_SCALE} must be a positive number, e.g. {RATE_SCALE}10")
     return Factor(name, f"GD and LCGD at {scale:g} times GD's selected rate", rate_scale=scale)
+
+
+def named_factor(name: str) -> Factor:
+    """The factor `name` names: one of FACTORS, rate-x<S>, or factors joined by '+'; an InputError
+    naming what is unknown or cannot be combined."""
+    if COMBINE in name:
+        return combined(name, [named_factor(part) for part in name.split(COMBINE)])
+    found = rate_factor(name) or (FACTORS[FACTOR_NAMES.index(name)] if name in FACTOR_NAMES else None)
+    if found is None:
+        raise InputError(f"--factors: unknown {name}; known: {', '.join(FACTOR_NAMES)}, {RATE_SCALE}<S>, "
+                         f"and factors joined by '{COMBINE}'")  # fmt: skip
+    return found
+
+
+def combined(name: str, parts: Sequence[Factor]) -> Factor:
+    """Several factors' changes at once; GD is rerun if any part reruns it."""
+    alone = [f.name for f in parts if f.name in (BASELINE, LCGD_RATE)]
+    if alone:
+        raise InputError(f"--factors: {name}: {', '.join(alone)} cannot be combined with another factor")
+    changes = dict(c for f in parts for c in f.changes)
+    if len(changes) < sum(len(f.changes) for f in parts):
+        raise InputError(f"--factors: {name}: two parts change the same setting")
+    paper = any(f.paper_rates for f in parts)
+    scale = float(np.prod([f.rate_scale for f in parts]))
+    if paper and scale != 1.0:
+        raise InputError(f"--factors: {name}: paper-rate and {RATE_SCALE}<S> cannot be combined")
+    methods = tuple(m for m in ("gd", "lcgd") if any(m in f.methods for f in parts))
+    return Factor(name, "; ".join(f.what for f in parts), tuple(changes.items()), methods, scale, paper)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +137,7 @@ class AblationConfig:
     data_dir: str | None = None
 
     def factor(self, name: str) -> Factor:
-        return rate_factor(name) or FACTORS[FACTOR_NAMES.index(name)]
+        return named_factor(name)
 
     def tune_config(self) -> TuneConfig:
         return TuneConfig(model=self.model, tasks=self.tasks, n_runs=self.tune_runs, method="lcgd",
@@ -126,10 +157,8 @@ class AblationConfig:
 
 def check_ablation(config: AblationConfig) -> dict[str, float]:
     """Every setting, before a model loads or a directory is written; returns GD's rates."""
-    unknown = [f for f in config.factors if f not in FACTOR_NAMES and rate_factor(f) is None]
-    if unknown:
-        raise InputError(f"--factors: unknown {', '.join(unknown)}; known: {', '.join(FACTOR_NAMES)}, "
-                         f"{RATE_SCALE}<S>")  # fmt: skip
+    for name in config.factors:
+        named_factor(name)
     if BASELINE not in config.factors:
         raise InputError(f"--factors must include {BASELINE}: every factor is compared with it")
     tasks = [t.name for t in checks.check_tasks(config.tasks)]
