@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from jaxicl.api import load
 from jaxicl.errors import InputError
@@ -111,7 +110,7 @@ def combined(name: str, parts: Sequence[Factor]) -> Factor:
     if len(changes) < sum(len(f.changes) for f in parts):
         raise InputError(f"--factors: {name}: two parts change the same setting")
     paper = any(f.paper_rates for f in parts)
-    scale = float(np.prod([f.rate_scale for f in parts]))
+    scale = math.prod(f.rate_scale for f in parts)
     if paper and scale != 1.0:
         raise InputError(f"--factors: {name}: paper-rate and {RATE_SCALE}<S> cannot be combined")
     methods = tuple(m for m in ("gd", "lcgd") if any(m in f.methods for f in parts))
