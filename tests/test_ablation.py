@@ -142,3 +142,16 @@ def test_a_bad_ablation_is_refused_before_a_model_loads(changes, message, tmp_pa
     with pytest.raises(InputError, match=message):
         ablation.ablate(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_two_processes_splitting_the_factors_add_to_one_record(tmp_path):
+    """Each process reads ablation.json under the lock before it adds its seconds, so neither erases
+    the other's, and the recorded factors are the union of theirs."""
+    first = ablation.AblationConfig(gd_rates="x", factors=("baseline", "values-only"))
+    second = ablation.AblationConfig(gd_rates="x", factors=("baseline", "lcgd-rate"))
+    ablation.add_seconds(tmp_path, first, "values-only", 10.0)
+    ablation.add_seconds(tmp_path, second, "lcgd-rate", 5.0)
+    ablation.add_seconds(tmp_path, first, "values-only", 1.5)
+    record = json.loads((tmp_path / ablation.ABLATION_FILE).read_text())
+    assert record["seconds"] == {"values-only": 11.5, "lcgd-rate": 5.0}
+    assert record["config"]["factors"] == ["baseline", "values-only", "lcgd-rate"]

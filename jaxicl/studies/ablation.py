@@ -15,6 +15,7 @@ each factor's cells and run.json beside them.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import shutil
@@ -177,9 +178,6 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
     """Every factor's run directory (the baseline first), then the summary; returns ablation.json."""
     gd_rates = check_ablation(config)
     out = Path(out)
-    record_path = out / ABLATION_FILE
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"seconds": {}}
-    record["config"] = config.to_json()
     lm = lm or load(config.model)
     for name in sorted(config.factors, key=lambda n: n != BASELINE):
         factor = config.factor(name)
@@ -196,11 +194,27 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
                 reuse_evaluations(out / BASELINE, out / name, factor)
             run(run_config, out / name, lm=lm, batch_runs=batch_runs)
         finally:
-            record["seconds"][name] = record["seconds"].get(name, 0.0) + time.perf_counter() - start
-            write_json_atomic(record_path, record)
+            record = add_seconds(out, config, name, time.perf_counter() - start)
     write_ablation(out, [config.factor(n) for n in config.factors], Path(publish or out / "summary"))
     if publish is not None:
         publish_cells(out, config.factors, Path(publish))
+    return record
+
+
+def add_seconds(out: Path, config: AblationConfig, name: str, seconds: float) -> dict:
+    """Add a factor's seconds to OUT/ablation.json, read and written under a file lock, so that two
+    processes may split one ablation's factors (each factor's run directory has its own lock).
+    The config recorded is the union of their factors."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ABLATION_FILE
+    with open(out / (ABLATION_FILE + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = json.loads(path.read_text()) if path.exists() else {"seconds": {}}
+        known = record.get("config", {}).get("factors", [])
+        record["config"] = config.to_json()
+        record["config"]["factors"] = list(dict.fromkeys([*known, *config.factors]))
+        record["seconds"][name] = record["seconds"].get(name, 0.0) + seconds
+        write_json_atomic(path, record)
     return record
 
 
