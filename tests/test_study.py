@@ -96,3 +96,18 @@ def test_an_adopted_selection_of_the_same_config_replaces_the_tune(tmp_path, mon
         # that writes no selection here)
         study_module._selected_rates(other, "m", tmp_path / "tune2", None, {}, [adopted])
     assert len(calls) == 1
+
+
+def test_the_reading_says_what_holds_on_every_model_and_what_depends_on_it(monkeypatch):
+    from jaxicl.report import models as report_models
+
+    holds, fails = Verdict(0.1, (0.05, 0.2), 2, 2), Verdict(-0.1, (-0.2, -0.01), 0, 2)
+    first = report_models.CLAIMS[0][0]
+    # a model's "cells" here name how its claims come out: the first claim fails on "b" only
+    monkeypatch.setattr(report_models, "verdicts",
+                        lambda cells: {c: (fails if cells == "b" and c == first else holds) for c, _ in report_models.CLAIMS})  # fmt: skip
+    two = report_models.reading({"a": "a", "b": "b"}, {})
+    assert two[0] == f"- {first}: depends on the model (a: holds; b: does not)."
+    assert two[1].endswith("holds on every model.")
+    one = report_models.reading({"a": "a"}, {"c": "does not load"})
+    assert one[0] == f"- {first}: holds on a, the only model with cells." and one[-1] == "- c was skipped: does not load"

@@ -177,10 +177,11 @@ def reading(models: Mapping[str, Sequence[Cell]], failed: Mapping[str, str]) -> 
     """A short plain-language reading: what holds on every model, what depends on the model."""
     by_model = {name: verdicts(cells) for name, cells in models.items()}
     lines = []
+    every = "every model" if len(models) > 1 else f"{next(iter(models), 'no model')}, the only model with cells"
     for claim, _ in CLAIMS:
         words = {m: (v.word if (v := by_model[m][claim]) is not None else "no cells") for m in models}
         if len(set(words.values())) == 1:
-            lines.append(f"- {claim}: {next(iter(words.values()))} on every model.")
+            lines.append(f"- {claim}: {next(iter(words.values()))} on {every}.")
         else:
             lines.append(f"- {claim}: depends on the model ({'; '.join(f'{m}: {w}' for m, w in words.items())}).")
     paper = [f"{METRIC_LABELS[m]} {fmt_num(PAPER_TABLE2_AVG[(m, 'lcgd')] - PAPER_TABLE2_AVG[(m, 'gd')], 3)}"
