@@ -4,6 +4,7 @@ by task, each model's report, the cross-model summary, an interrupt and the resu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -78,6 +79,39 @@ def test_study_runs_every_model_skips_one_that_does_not_load_and_resumes(tiny_mo
         assert (published / "lr_selection.json").is_file() and (published / "report" / "cells.csv").is_file()
         record = json.loads((tmp_path / "out" / study_module.model_dir(tmp_path, name).name / "study.json").read_text())
         assert record["status"] == "done" and record["seconds"]["tune"] > 0 and record["seconds"]["trained"] > 0
+        assert json.loads((published / "study.json").read_text())["seconds"] == record["seconds"]
+        assert len(list((published / "cells").rglob("*.json"))) == 4 and (published / "tune" / "tune.json").is_file()
+
+    # a fresh study directory resumes the first model from its published folder: nothing is recomputed
+    published = tmp_path / "published" / study_module.model_dir(tmp_path, tiny_models[0]).name
+    import jaxicl.runner.execute as execute
+
+    monkeypatch.setattr(study_module, "tune", lambda *a, **k: pytest.fail("tuned although the selection was published"))
+    monkeypatch.setattr(execute, "run_group", lambda *a, **k: pytest.fail("a published cell was recomputed"))
+    monkeypatch.setattr(execute, "run_together", lambda *a, **k: pytest.fail("a published cell was recomputed"))
+    again = ["study", *argv[1:argv.index("--out")], "--out", str(tmp_path / "again"), "--adopt", str(published),
+             "--compile-cache", "off"]  # fmt: skip
+    again[again.index("--models") + 1] = tiny_models[0]
+    assert cli.main(again) == 0
+    resumed = tmp_path / "again" / published.name
+    assert sorted(p.relative_to(resumed / "grid").as_posix() for p in (resumed / "grid" / "cells").rglob("*.json")) \
+        == sorted(p.relative_to(published).as_posix() for p in (published / "cells").rglob("*.json"))
+    seconds = [json.loads((d / "study.json").read_text())["seconds"]["tune"] for d in (published, resumed)]
+    assert seconds[1] >= seconds[0] > 0  # the published record's seconds go on adding up
+
+
+def test_a_published_tune_resumes_only_under_the_same_config(tmp_path):
+    config = study_module.StudyConfig(models=("m",), tasks=("sst2",), grid=(0.01, 0.05))
+    published = tmp_path / "published"
+    (published / "tune" / "sst2").mkdir(parents=True)
+    (published / "tune" / "tune.json").write_text(json.dumps(config.tune_config("m").to_json()))
+    (published / "tune" / "sst2" / "gd-lr0.01.json").write_text(json.dumps({"lr": 0.01, "mean_accuracy": 0.5}))
+    assert study_module._adopt_tune(published, tmp_path / "mine", config.tune_config("m")) == 2
+    assert json.loads((tmp_path / "mine" / "tune" / "sst2" / "gd-lr0.01.json").read_text())["lr"] == 0.01
+    assert study_module._adopt_tune(published, tmp_path / "mine", config.tune_config("m")) == 0  # already there
+    other = dataclasses.replace(config, grid=(0.01, 0.02))
+    assert study_module._adopt_tune(published, tmp_path / "other", other.tune_config("m")) == 0
+    assert not (tmp_path / "other").exists()
 
 
 def test_an_adopted_selection_of_the_same_config_replaces_the_tune(tmp_path, monkeypatch):

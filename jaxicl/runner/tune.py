@@ -49,6 +49,7 @@ from jaxicl.runner.plan import LOSS_TOKENS, METHODS, RunConfig, batch_runs_enabl
 DAI_GRID = tuple(float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in range(1, 10))
 SELECTION_SEED = 20231113  # the train-split shuffle of the selection set (the paper's arXiv date)
 SEARCHES = ("full", "coarse-to-fine", "coarse-to-unimodal")
+TUNE_CONFIG_FILE = "tune.json"  # in RUN_DIR/tune/: the config that made the saved rate evaluations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,7 +368,7 @@ def tune_task(lm, config: TuneConfig, run_dir: Path, task, together: bool) -> di
 
 def open_tune_dir(run_dir: Path, config: TuneConfig, force: bool = False) -> None:
     """Create the tune directory, or check that an existing one was made by the same config."""
-    write_config(run_dir / "tune" / "tune.json", config.to_json(), force)
+    write_config(run_dir / "tune" / TUNE_CONFIG_FILE, config.to_json(), force)
 
 
 def tune(config: TuneConfig, run_dir: str | os.PathLike, *, lm=None, batch_runs: str = "auto",

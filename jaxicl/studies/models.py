@@ -5,7 +5,8 @@ coarse-to-unimodal search by default), then one run directory `grid/` at the sel
 the trained model's GD and LCGD cells (Table 2) and the untrained variants' GD cells (Table 1),
 task by task, and its report. Cells of earlier runs (`adopt`) whose settings give the same numbers
 are copied in instead of recomputed, and so is a complete learning-rate selection of the same tune
-config (an `lr_selection*.json` given to `adopt`). A model that fails to load is named and skipped; a task a
+config (an `lr_selection*.json` given to `adopt`); a model's published folder given to `adopt`
+brings back its selection, the tune's saved rate evaluations, its cells and its study record. A model that fails to load is named and skipped; a task a
 model cannot run (its label words, its context window) is named and skipped for that model. The
 last step writes the cross-model summary (`jaxicl.report.models`) to OUT/summary, or to `publish`
 with each model's selection and report beside it.
@@ -31,7 +32,7 @@ from jaxicl.runner import checks
 from jaxicl.runner.execute import run
 from jaxicl.runner.layout import CELLS, SELECTION_FILE
 from jaxicl.runner.plan import RunConfig
-from jaxicl.runner.tune import DAI_GRID, TuneConfig, rates_for, tune
+from jaxicl.runner.tune import DAI_GRID, TUNE_CONFIG_FILE, TuneConfig, rates_for, tune
 
 STUDY_FILE = "study.json"  # per model: status, skipped tasks, seconds per stage (summed over invocations)
 UNTRAINED = ("trained-embeddings", "no-training")
@@ -96,6 +97,10 @@ def study(config: StudyConfig, out: str | Path, *, adopt: Sequence[str | Path] =
 def _study_model(config: StudyConfig, model: str, where: Path, adopt, lm, engine: dict) -> dict:
     """One model's tune, grid (task by task) and report; engine: batch_runs and force."""
     record_path = where / STUDY_FILE
+    for source in adopt:  # a published model's record: its seconds go on adding up here
+        theirs = Path(source) / STUDY_FILE
+        if not record_path.exists() and theirs.exists() and json.loads(theirs.read_text()).get("model") == model:
+            write_json_atomic(record_path, json.loads(theirs.read_text()))
     record = json.loads(record_path.read_text()) if record_path.exists() else {"seconds": {}, "skipped_tasks": {}}
     record.update(model=model, status="running")
 
@@ -114,12 +119,15 @@ def _study_model(config: StudyConfig, model: str, where: Path, adopt, lm, engine
         record.update(status="failed", reason=f"does not load: {e}")
         write_json_atomic(record_path, record)
         return record
+    folders = [Path(a) for a in adopt if not str(a).endswith(".json")]
     selections = [Path(a) for a in adopt if str(a).endswith(".json")]
+    selections += [f / SELECTION_FILE for f in folders if (f / SELECTION_FILE).exists()]
+    for source in folders:
+        _adopt_tune(source, where / "tune", config.tune_config(model))
     rates = timed("tune", lambda: _selected_rates(config, model, where / "tune", lm, engine, selections))
     grid = config.run_config(model, rates)
-    for source in adopt:
-        if not str(source).endswith(".json"):
-            _adopt_cells(Path(source), where / "grid", grid)
+    for source in folders:
+        _adopt_cells(source, where / "grid", grid)
     for task in [get_task(t).name for t in config.tasks]:
         for stage, only in (("trained", {"variant": ["trained"]}),
                             ("untrained", {"variant": list(UNTRAINED), "method": ["gd"]})):  # fmt: skip
@@ -152,6 +160,22 @@ def _selected_rates(config: StudyConfig, model: str, tune_dir: Path, lm, engine:
     return rates_for(str(path), [get_task(t).name for t in config.tasks])
 
 
+def _adopt_tune(source: Path, tune_dir: Path, config: TuneConfig) -> int:
+    """Copy into `tune_dir` the saved rate evaluations of an earlier tune of this config (a tune
+    directory, or a model's published directory), so that this tune resumes where that one stopped;
+    returns how many files."""
+    theirs = source / "tune" / TUNE_CONFIG_FILE
+    if not theirs.exists() or json.loads(theirs.read_text()) != config.to_json():
+        return 0
+    copied = 0
+    for path in sorted((source / "tune").rglob("*.json")):
+        target = tune_dir / "tune" / path.relative_to(source / "tune")
+        if not target.exists():
+            write_json_atomic(target, json.loads(path.read_text()))
+            copied += 1
+    return copied
+
+
 def _adopt_cells(source: Path, run_dir: Path, config: RunConfig) -> int:
     """Copy into `run_dir` the cells of an earlier run whose model, rate and settings are this
     config's (so their numbers are what this run would compute); returns how many."""
@@ -170,11 +194,16 @@ def _adopt_cells(source: Path, run_dir: Path, config: RunConfig) -> int:
 
 
 def publish_model(where: Path, dest: Path) -> None:
-    """A model's selection and report, copied beside the summary."""
+    """A model's selection (with the tune's rate evaluations), cells, study record and report, copied
+    beside the summary; `--adopt` of that folder later resumes the model from them."""
     dest.mkdir(parents=True, exist_ok=True)
-    selection = where / "tune" / SELECTION_FILE
-    if selection.exists():
-        shutil.copyfile(selection, dest / SELECTION_FILE)
+    for name, source in ((SELECTION_FILE, where / "tune" / SELECTION_FILE), (STUDY_FILE, where / STUDY_FILE)):
+        if source.exists():
+            shutil.copyfile(source, dest / name)
+    for folder, source in (("tune", where / "tune" / "tune"), (CELLS, where / "grid" / CELLS)):
+        for path in sorted(source.rglob("*.json")):
+            (dest / folder / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest / folder / path.relative_to(source))
     report = where / "grid" / "report"
     if report.is_dir():
         shutil.copytree(report, dest / "report", dirs_exist_ok=True)
