@@ -50,6 +50,7 @@ def test_ablation_runs_each_factor_reuses_the_baselines_evaluations_and_resumes(
     lcgd_rate = tuned["tasks"]["tiny"]["chosen"]["lr"]
     cell = json.loads(next((out / "lcgd-rate" / "cells").rglob("lcgd-seed1-perm0.json")).read_text())
     assert tuned["config"]["method"] == "lcgd" and cell["lr"] == lcgd_rate
+    assert cell["config"]["lrs_source"] == "tune-lcgd/lr_selection.json"  # relative to OUT, not a machine path
     keys_only = json.loads(next((out / "keys-only" / "cells").rglob("lcgd-seed1-perm0.json")).read_text())
     assert keys_only["config"]["stepped"] == "k" and keys_only["alpha"]  # α: this factor's own GD
     base = json.loads(next((out / "baseline" / "cells").rglob("lcgd-seed1-perm0.json")).read_text())

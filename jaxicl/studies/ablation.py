@@ -185,8 +185,8 @@ def ablate(config: AblationConfig, out: str | Path, *, publish: str | Path | Non
         try:
             if name == LCGD_RATE:
                 tune(config.tune_config(), out / "tune-lcgd", lm=lm, batch_runs=batch_runs)
-                source = str(out / "tune-lcgd" / SELECTION_FILE)
-                rates = rates_for(source, list(gd_rates), None)
+                source = f"tune-lcgd/{SELECTION_FILE}"  # relative to OUT: results do not name a machine's path
+                rates = rates_for(str(out / source), list(gd_rates), None)
             else:
                 rates, source = scaled(gd_rates, factor, config.gd_rates)
             run_config = config.run_config(factor, rates, source)
