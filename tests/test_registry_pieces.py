@@ -29,8 +29,8 @@ def fake_pieces(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
     monkeypatch.setattr(registry, "_QWEN_PIECES", tuple(pieces))
-    monkeypatch.setattr(registry, "_QWEN_SHA256", hashlib.sha256(whole).hexdigest())
-    monkeypatch.setattr(registry, "_QWEN_SIZE", len(whole))
+    monkeypatch.setitem(registry._ASSEMBLED, "qwen2.5-coder-0.5b",
+                        (registry._QWEN_FILE, hashlib.sha256(whole).hexdigest(), len(whole)))  # fmt: skip
     monkeypatch.setenv("JAXICL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("JAXICL_NO_AUTO_INSTALL", "1")
     yield tmp_path / "site", whole
@@ -75,6 +75,24 @@ def test_a_truncated_cache_file_is_rebuilt(fake_pieces):
     path = registry.resolve("qwen2.5-coder-0.5b")
     path.write_bytes(whole[:100])
     assert registry.resolve("qwen2.5-coder-0.5b").read_bytes() == whole
+
+
+def test_a_file_brought_in_parts_is_placed_and_used_without_its_packages(fake_pieces, tmp_path):
+    site, whole = fake_pieces
+    cut = [tmp_path / f"p{i}" for i in range(3)]
+    for i, part in enumerate(cut):  # cut unlike the packages: any split in order will do
+        part.write_bytes(whole[i * 2500 : (i + 1) * 2500])
+    for i in range(1, 7):  # no packages on this machine
+        (site / f"fake_piece{i}").rename(site / f"gone{i}")
+    importlib.invalidate_caches()
+    placed = registry.place("qwen2.5-coder-0.5b", cut)
+    assert registry.resolve("qwen2.5-coder-0.5b") == placed and placed.read_bytes() == whole
+    with pytest.raises(ModelNotFoundError, match="qwen2.5-coder-0.5b: assembled file has sha256"):
+        registry.place("qwen2.5-coder-0.5b", cut[:2])
+    with pytest.raises(ModelNotFoundError, match="parts missing: .*nowhere"):
+        registry.place("qwen2.5-coder-0.5b", [*cut, tmp_path / "nowhere"])
+    with pytest.raises(ModelNotFoundError, match="not a registry model assembled in the cache"):
+        registry.place("smollm2-135m", cut)
 
 
 def test_jaxicl_models_lists_qwen():

