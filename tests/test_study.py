@@ -96,8 +96,19 @@ def test_study_runs_every_model_skips_one_that_does_not_load_and_resumes(tiny_mo
     resumed = tmp_path / "again" / published.name
     assert sorted(p.relative_to(resumed / "grid").as_posix() for p in (resumed / "grid" / "cells").rglob("*.json")) \
         == sorted(p.relative_to(published).as_posix() for p in (published / "cells").rglob("*.json"))
-    seconds = [json.loads((d / "study.json").read_text())["seconds"]["tune"] for d in (published, resumed)]
-    assert seconds[1] >= seconds[0] > 0  # the published record's seconds go on adding up
+    records = [json.loads((d / "study.json").read_text()) for d in (published, resumed)]
+    assert records[1]["seconds"]["tune"] >= records[0]["seconds"]["tune"] > 0  # its seconds go on adding up
+    assert records[1]["adopted"] == {"selection": None, "cells": 0}  # its own work, not adopted
+
+    # from another run's directory and selection file, the same cells and rates count as adopted (not timed here)
+    earlier = tmp_path / "out" / published.name
+    other = [*again[: again.index("--out")], "--out", str(tmp_path / "other"), "--adopt", str(earlier / "grid"),
+             "--adopt", str(earlier / "tune" / "lr_selection.json"), "--publish", str(tmp_path / "other-summary"),
+             "--compile-cache", "off"]  # fmt: skip
+    assert cli.main(other) == 0
+    record = json.loads((tmp_path / "other" / published.name / "study.json").read_text())
+    assert record["adopted"] == {"selection": str(earlier / "tune" / "lr_selection.json"), "cells": 4}
+    assert "| the selection, 4 cells |" in (tmp_path / "other-summary" / "README.md").read_text()
 
 
 def test_a_published_tune_resumes_only_under_the_same_config(tmp_path):

@@ -46,7 +46,15 @@ def _averages_table(models: Mapping[str, list]) -> list[str]:
 def _time_table(status: Mapping[str, dict]) -> list[str]:
     stages = ("load", "tune", "trained", "untrained", "report")
     rows = [[name, s.get("status", "?"), *(f"{s.get('seconds', {}).get(k, 0.0):.0f}" for k in stages),
+             _adopted(s.get("adopted") or {}),
              "; ".join(f"{t}: {why}" for t, why in s.get("skipped_tasks", {}).items()) or "—"]
             for name, s in status.items()]  # fmt: skip
-    return md_table(["model", "status", *stages, "skipped tasks"], rows)
+    return md_table(["model", "status", *stages, "adopted (not timed here)", "skipped tasks"], rows)
+
+
+def _adopted(adopted: Mapping) -> str:
+    """What the study took from earlier runs instead of computing it, so its seconds are not above."""
+    parts = (["the selection"] if adopted.get("selection") else []) + (
+        [f"{adopted['cells']} cells"] if adopted.get("cells") else [])
+    return ", ".join(parts) or "—"
 

@@ -97,11 +97,14 @@ def study(config: StudyConfig, out: str | Path, *, adopt: Sequence[str | Path] =
 def _study_model(config: StudyConfig, model: str, where: Path, adopt, lm, engine: dict) -> dict:
     """One model's tune, grid (task by task) and report; engine: batch_runs and force."""
     record_path = where / STUDY_FILE
-    for source in adopt:  # a published model's record: its seconds go on adding up here
-        theirs = Path(source) / STUDY_FILE
-        if not record_path.exists() and theirs.exists() and json.loads(theirs.read_text()).get("model") == model:
-            write_json_atomic(record_path, json.loads(theirs.read_text()))
+    # this model's own published folder (it holds its study record): its work is this study's, its
+    # seconds go on adding up here; what comes from any other source is counted as adopted
+    own = [Path(a) for a in adopt if (Path(a) / STUDY_FILE).is_file()
+           and json.loads((Path(a) / STUDY_FILE).read_text()).get("model") == model]  # fmt: skip
+    if own and not record_path.exists():
+        write_json_atomic(record_path, json.loads((own[0] / STUDY_FILE).read_text()))
     record = json.loads(record_path.read_text()) if record_path.exists() else {"seconds": {}, "skipped_tasks": {}}
+    adopted = record.setdefault("adopted", {"selection": None, "cells": 0})
     record.update(model=model, status="running")
 
     def timed(stage: str, work):
@@ -124,10 +127,14 @@ def _study_model(config: StudyConfig, model: str, where: Path, adopt, lm, engine
     selections += [f / SELECTION_FILE for f in folders if (f / SELECTION_FILE).exists()]
     for source in folders:
         _adopt_tune(source, where / "tune", config.tune_config(model))
+    chosen = _adopt_selection(where / "tune", config.tune_config(model), selections)
+    if chosen is not None and chosen.parent not in own:
+        adopted["selection"] = str(chosen)
     rates = timed("tune", lambda: _selected_rates(config, model, where / "tune", lm, engine, selections))
     grid = config.run_config(model, rates)
     for source in folders:
-        _adopt_cells(source, where / "grid", grid)
+        copied = _adopt_cells(source, where / "grid", grid)
+        adopted["cells"] += 0 if source in own else copied
     for task in [get_task(t).name for t in config.tasks]:
         for stage, only in (("trained", {"variant": ["trained"]}),
                             ("untrained", {"variant": list(UNTRAINED), "method": ["gd"]})):  # fmt: skip
@@ -150,14 +157,23 @@ def _selected_rates(config: StudyConfig, model: str, tune_dir: Path, lm, engine:
     directory, or an adopted lr_selection file), else `jaxicl tune` runs (resuming its saved rates)."""
     tune_config = config.tune_config(model)
     path = tune_dir / SELECTION_FILE
-    for source in adopt:
-        theirs = json.loads(source.read_text())
-        if not path.exists() and theirs.get("complete") and theirs.get("config") == tune_config.to_json():
-            write_json_atomic(path, theirs)
+    _adopt_selection(tune_dir, tune_config, adopt)
     done = json.loads(path.read_text()) if path.exists() else {}
     if not (done.get("complete") and done.get("config") == tune_config.to_json()):
         tune(tune_config, tune_dir, lm=lm, **engine)
     return rates_for(str(path), [get_task(t).name for t in config.tasks])
+
+
+def _adopt_selection(tune_dir: Path, config: TuneConfig, sources: Sequence[Path]) -> Path | None:
+    """When the tune directory has no selection yet, copy in the first complete one of this config
+    among `sources`; returns which (None: none copied)."""
+    path = tune_dir / SELECTION_FILE
+    for source in sources:
+        theirs = json.loads(source.read_text())
+        if not path.exists() and theirs.get("complete") and theirs.get("config") == config.to_json():
+            write_json_atomic(path, theirs)
+            return source
+    return None
 
 
 def _adopt_tune(source: Path, tune_dir: Path, config: TuneConfig) -> int:
