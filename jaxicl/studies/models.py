@@ -6,8 +6,9 @@ the trained model's GD and LCGD cells (Table 2) and the untrained variants' GD c
 task by task, and its report. Cells of earlier runs (`adopt`) whose settings give the same numbers
 are copied in instead of recomputed, and so is a complete learning-rate selection of the same tune
 config (an `lr_selection*.json` given to `adopt`); a model's published folder given to `adopt`
-brings back its selection, the tune's saved rate evaluations, its cells and its study record. A model that fails to load is named and skipped; a task a
-model cannot run (its label words, its context window) is named and skipped for that model. The
+brings back its selection, the tune's saved rate evaluations, its cells and its study record. A
+model that fails to load is named and skipped; a task a model cannot run (its label words, its
+context window) is named and skipped for that model. The
 last step writes the cross-model summary (`jaxicl.report.models`) to OUT/summary, or to `publish`
 with each model's selection and report beside it.
 """
