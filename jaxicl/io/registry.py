@@ -89,10 +89,13 @@ def _cached(model: str) -> Path | None:
     """The model's assembled file in the cache when it is there, whole and stamped; else None."""
     file, expected, size = _ASSEMBLED[model]
     target = cache_dir() / file
+    return target if _whole(target, size, expected) else None
+
+
+def _whole(target: Path, size: int, expected: str) -> bool:
+    """An assembled file already checked: the right size, and its stamp holds the expected sha256."""
     stamp = target.with_suffix(".sha256")
-    if target.exists() and target.stat().st_size == size and stamp.exists() and stamp.read_text().strip() == expected:
-        return target
-    return None
+    return target.exists() and target.stat().st_size == size and stamp.exists() and stamp.read_text().strip() == expected
 
 
 def place(model: str, parts: list[Path]) -> Path:
@@ -124,8 +127,7 @@ def _assembled(target: Path, parts: list[Path], expected: str, name: str) -> Pat
     """`parts` concatenated into `target` once, its sha256 checked against `expected` (then the
     file is reused: a stamp holds the hash, and the size check catches a truncated cache file)."""
     stamp = target.with_suffix(".sha256")
-    size = sum(part.stat().st_size for part in parts)
-    if target.exists() and target.stat().st_size == size and stamp.exists() and stamp.read_text().strip() == expected:
+    if _whole(target, sum(part.stat().st_size for part in parts), expected):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
