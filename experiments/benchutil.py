@@ -22,15 +22,15 @@ def run_child(script: str, name: str, argv: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's own rate for a jitted n x n float32 matmul (best of `repeats`), in GFLOP/s:
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """This machine's own rate for a jitted n x n matmul in `dtype` (best of `repeats`), in GFLOP/s:
     printed beside a throughput, since machines here differ 2-3x in speed."""
     import time
 
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
     best = float("inf")

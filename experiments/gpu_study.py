@@ -37,6 +37,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo's jaxicl importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.benchutil import matmul_gflops  # noqa: E402
 from jaxicl.io.checkpoint import fingerprint  # noqa: E402
 from jaxicl.io.results import write_json_atomic  # noqa: E402
 from jaxicl.runner.layout import CELLS, SELECTION_FILE  # noqa: E402
@@ -50,19 +51,9 @@ def machine() -> dict:
     from importlib import metadata
 
     import jax
-    import jax.numpy as jnp
 
-    rates = {}
-    for dtype in (jnp.bfloat16, jnp.float32):
-        n = 4096 if jax.default_backend() != "cpu" else 512
-        a = jnp.ones((n, n), dtype) * 0.01
-        matmul = jax.jit(lambda x: x @ x)
-        matmul(a).block_until_ready()
-        start = time.perf_counter()
-        for _ in range(5):
-            out = matmul(a)
-        out.block_until_ready()
-        rates[f"matmul_{jnp.dtype(dtype).name}_tflops"] = 2 * n**3 * 5 / (time.perf_counter() - start) / 1e12
+    n = 4096 if jax.default_backend() != "cpu" else 512
+    rates = {f"matmul_{dtype}_tflops": matmul_gflops(n, dtype=dtype) / 1e3 for dtype in ("bfloat16", "float32")}
     return {
         "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
         "jax": jax.__version__, "transformers": metadata.version("transformers"),
