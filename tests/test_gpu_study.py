@@ -17,7 +17,7 @@ from tests.test_experiment import task_spec  # noqa: E402,F401  (fixture)
 from tests.test_hf_parity import _save_tiny  # noqa: E402
 
 
-@pytest.mark.slow  # a tiny model's study, twice, each in a child process
+@pytest.mark.slow  # a tiny model's study in a child process, then a resumed one and a cut one
 def test_the_device_script_checks_prompts_writes_progress_and_compares_cells(task_spec, tmp_path):
     model = tmp_path / "tiny"
     _save_tiny("gemma3", model)
@@ -33,12 +33,19 @@ def test_the_device_script_checks_prompts_writes_progress_and_compares_cells(tas
     reference = tmp_path / "published"  # what the CPU publishes: selection, cells, and the prompts' fingerprints
     publish_model(model_dir(tmp_path / "w1", str(model)), reference)
     assert gpu_study.main([*common, "--out-dir", str(reference), "--fingerprint-only"]) == 0
-    second = tmp_path / "second"
-    assert gpu_study.main([*common, "--out-dir", str(second), "--work", str(tmp_path / "w2"),
+    moved = sorted((reference / "cells").rglob("*.json"))[0]  # one reference number off by a known amount
+    cell = json.loads(moved.read_text())
+    cell["accuracy"]["icl"] += 0.25
+    moved.write_text(json.dumps(cell))
+    second = tmp_path / "second"  # resumes the first study's directory: its cells are compared, not recomputed
+    assert gpu_study.main([*common, "--out-dir", str(second), "--work", str(tmp_path / "w1"),
                            "--reference", str(reference), *study]) == 0  # fmt: skip
     assert json.loads((second / "fingerprint.json").read_text())["match"] is True
     compared = json.loads((second / "progress.json").read_text())["versus_reference"]
-    assert len(compared) == 4 and all(c["max_abs_diff"] == 0.0 for c in compared.values())  # same CPU, same numbers
+    assert len(compared) == 4
+    off = compared.pop(moved.relative_to(reference / "cells").as_posix())
+    assert off["metric"] == "icl" and abs(off["max_abs_diff"] - 0.25) < 1e-12
+    assert all(c["max_abs_diff"] == 0.0 for c in compared.values())  # the others: the very cells
     with tarfile.open(second / "cells.tgz") as tar:
         assert len([n for n in tar.getnames() if n.endswith(".json")]) == 4
 
